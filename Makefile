@@ -1,0 +1,28 @@
+# opd-megatron: two commands do all set-up on a fresh machine.
+#   make demo   set up .venv, then run OPD on the embedded CPU default and print the table
+#   make test   set up .venv (+ local Slurm packages), then run the test suite
+PY := .venv/bin/python
+export PYTHONHASHSEED := 0
+
+.PHONY: setup demo test test-fast bench lint clean
+
+setup:
+	bash scripts/setup_env.sh
+
+demo: setup
+	$(PY) -m opd_megatron run recipes/opd-tiny-cpu.yaml
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q tests -m "not slow"
+
+bench: setup
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+lint: setup
+	shellcheck slurm/*.sh slurm/*.sbatch launch/*.sh scripts/*.sh
+
+clean:
+	rm -rf runs .cache

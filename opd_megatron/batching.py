@@ -1,0 +1,78 @@
+"""Rollouts -> a packed learner batch with advantages (the glue between engines and learner).
+
+All per-token tensors are [B, S] aligned with ``token_ids`` (see opd_megatron.types): the
+response token t of row b sits at position ``len(prompt_b) + t``. The advantage math itself is
+in opd_megatron.objective; this module only places numbers at the right positions.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from opd_megatron import objective as obj
+from opd_megatron.config.schema import ObjectiveConfig
+from opd_megatron.types import Rollout, TrainBatch
+
+
+def method_weights(objective: ObjectiveConfig) -> tuple[float, float]:
+    """(kl weight, reward weight) of the advantage for each method."""
+    if objective.method == "rl":
+        return 0.0, objective.reward_weight or 1.0
+    if objective.method == "opd+reward":
+        return 1.0, objective.reward_weight
+    return 1.0, 0.0
+
+
+def pack_rollouts(rollouts: List[Rollout], pad_id: int, *, with_topk: bool = False) -> TrainBatch:
+    """Right-pad prompt+response rows into a TrainBatch (advantages zero; see add_advantages)."""
+    seqs = [r.prompt_ids + r.response_ids for r in rollouts]
+    B, S = len(seqs), max(len(s) for s in seqs)
+    token_ids = torch.full((B, S), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, S)
+    sampler = torch.zeros(B, S)
+    teacher = torch.zeros(B, S) if all(r.teacher_logprobs is not None for r in rollouts) else None
+    K = len(rollouts[0].teacher_topk_ids[0]) if with_topk and rollouts[0].response_ids else 0
+    topk_ids = torch.zeros(B, S, K, dtype=torch.long) if with_topk else None
+    topk_lp = torch.full((B, S, K), -1e4) if with_topk else None
+    for b, r in enumerate(rollouts):
+        P, T = len(r.prompt_ids), len(r.response_ids)
+        token_ids[b, : P + T] = torch.tensor(seqs[b])
+        mask[b, P : P + T] = 1.0
+        sampler[b, P : P + T] = torch.tensor(r.sampler_logprobs, dtype=torch.float32)
+        if teacher is not None:
+            teacher[b, P : P + T] = torch.tensor(r.teacher_logprobs, dtype=torch.float32)
+        if with_topk and T:
+            topk_ids[b, P : P + T] = torch.tensor(r.teacher_topk_ids)  # type: ignore[index]
+            topk_lp[b, P : P + T] = torch.tensor(r.teacher_topk_logprobs, dtype=torch.float32)  # type: ignore[index]
+    return TrainBatch(token_ids=token_ids, response_mask=mask, sampler_logprobs=sampler,
+                      advantages=torch.zeros(B, S),
+                      group_ids=torch.tensor([r.group_id for r in rollouts], dtype=torch.long),
+                      teacher_logprobs=teacher, teacher_topk_ids=topk_ids,
+                      teacher_topk_logprobs=topk_lp)
+
+
+def add_advantages(batch: TrainBatch, rollouts: List[Rollout], objective: ObjectiveConfig) -> TrainBatch:
+    """Fill batch.advantages: reverse-KL term (sampled token) and/or group-normalised reward."""
+    kl_w, reward_w = method_weights(objective)
+    mask = batch.response_mask
+    kl_adv = torch.zeros_like(mask)
+    if kl_w > 0 and batch.teacher_logprobs is not None and objective.kl_estimator == "sampled_token":
+        kl_adv = obj.reverse_kl_advantages(batch.sampler_logprobs, batch.teacher_logprobs, mask,
+                                           coef=objective.kl_coef, discount=objective.discount)
+    reward_adv = torch.zeros(mask.shape[0])
+    if reward_w > 0:
+        rewards = torch.tensor([r.reward or 0.0 for r in rollouts], dtype=torch.float32)
+        reward_adv = obj.group_normalized_advantages(rewards, batch.group_ids)
+    batch.advantages = obj.combine_advantages(kl_adv, reward_adv, mask, kl_weight=kl_w,
+                                              reward_weight=reward_w)
+    return batch
+
+
+def sampled_reverse_kl(batch: TrainBatch) -> Optional[float]:
+    """Mean over response tokens of logp_sampler - logp_teacher (the per-token reverse KL estimate)."""
+    if batch.teacher_logprobs is None or batch.num_tokens == 0:
+        return None
+    diff = (batch.sampler_logprobs - batch.teacher_logprobs) * batch.response_mask
+    return float(diff.sum() / batch.response_mask.sum())

@@ -1,0 +1,96 @@
+"""The ``opd`` command line (also ``python -m opd_megatron``).
+
+    opd run RECIPE [key=value ...]        run a recipe (writes runs/<name>/)
+    opd validate RECIPE [key=value ...]   resolve + validate; print the config and the plan
+    opd convert ...                       HF <-> Megatron checkpoints (opd convert -h)
+    opd eval ...                          evaluate a model behind an SGLang server
+    opd flops ...                         FLOPs account (opd flops -h)
+    opd report RUN_DIR | --compare RUN...  the reproducibility report
+
+Exit codes: 0 success, 2 bad input (one line on stderr naming the key or file; nothing
+written), 1 runtime failure, 3 preempted (checkpoint written; rerun to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, List, Optional
+
+from opd_megatron.errors import ConfigError, RuntimeFailure
+
+EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT, EXIT_PREEMPTED = 0, 1, 2, 3
+
+# Subcommands owned by other modules: name -> (module, help).
+DELEGATED = {
+    "convert": ("opd_megatron.learner.convert", "HF <-> Megatron checkpoint conversion"),
+    "eval": ("opd_megatron.evaluation.cli", "evaluate a model (AIME/MATH500/GPQA/tiny task)"),
+    "flops": ("opd_megatron.flops", "FLOPs account for models and token counts"),
+    "report": ("opd_megatron.report", "write or compare run reports"),
+}
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML (recipes/*.yaml) or a run's config.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. run.num_steps=3")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opd", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _recipe_args(sub.add_parser("run", help="run a recipe"))
+    v = sub.add_parser("validate", help="resolve and validate a recipe; print config and plan")
+    _recipe_args(v)
+    v.add_argument("--nodes", type=int, default=None, help="node count to plan for (default: cluster.num_nodes)")
+    for name, (_, help_text) in DELEGATED.items():
+        d = sub.add_parser(name, help=help_text, add_help=False)
+        d.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from opd_megatron.config import load_and_validate, to_yaml
+    from opd_megatron.plan import describe_plan
+
+    cfg, hf = load_and_validate(args.recipe, args.overrides)
+    print("# resolved config")
+    print(to_yaml(cfg))
+    print("# plan")
+    print(describe_plan(cfg, hf, num_nodes=args.nodes))
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from opd_megatron.config import load_and_validate
+    from opd_megatron.runner import run
+
+    cfg, _ = load_and_validate(args.recipe, args.overrides)
+    return run(cfg, recipe=args.recipe, overrides=list(args.overrides))
+
+
+def _delegate(name: str, rest: List[str]) -> int:
+    module = importlib.import_module(DELEGATED[name][0])
+    fn: Callable[[List[str]], int] = getattr(module, "cli_main")
+    return int(fn(rest) or 0)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            return _cmd_validate(args)
+        if args.command == "run":
+            return _cmd_run(args)
+        return _delegate(args.command, args.rest)
+    except ConfigError as e:
+        print(f"opd: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RuntimeFailure as e:
+        print(f"opd: failed: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())

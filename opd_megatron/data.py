@@ -1,0 +1,86 @@
+"""Prompt sources: what the student is asked each step, with a resumable cursor.
+
+A ``PromptSource`` yields ``Prompt`` records in a fixed order set by the run seed; its
+``cursor`` (prompts consumed) is saved in checkpoints so a resumed run continues the same
+stream. The generated arithmetic task needs no files; ``jsonl`` reads one JSON object per
+line with ``data.prompt_key`` / ``data.answer_key``; ``hf`` loads a dataset at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from opd_megatron.config.schema import DataConfig
+from opd_megatron.errors import ConfigError
+from opd_megatron.tasks import arithmetic
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    """Prompt text before the chat template."""
+    answer: Optional[str] = None
+    """Verifiable answer, if any."""
+    reference: Optional[str] = None
+    """Reference solution (the generated task's trace), for sft with data.sft_targets=reference."""
+
+
+def heldout_prompts(data: DataConfig, num: int) -> List[Prompt]:
+    if data.source != "arithmetic":
+        raise ConfigError(f"data.source: held-out evaluation of '{data.source}' goes through "
+                          f"`opd eval`; the in-loop evaluator needs the arithmetic task")
+    probs = arithmetic.heldout_problems(data.num_heldout, data.min_ops, data.max_ops)[:num]
+    return [Prompt(p.prompt, p.answer, p.solution) for p in probs]
+
+
+class PromptSource:
+    """Training prompts in seed order; ``take(n)`` advances ``cursor`` by n."""
+
+    def __init__(self, data: DataConfig, seed: int, cursor: int = 0):
+        self.data, self.seed, self.cursor = data, seed, cursor
+        if data.source == "arithmetic":
+            heldout = arithmetic.heldout_problems(data.num_heldout, data.min_ops, data.max_ops)
+            self._stream = arithmetic.train_problems(seed, heldout, data.min_ops, data.max_ops,
+                                                     start=cursor)
+            self._records: Optional[List[Prompt]] = None
+        else:
+            self._records = self._load_records(data)
+            random.Random(seed).shuffle(self._records)
+
+    @staticmethod
+    def _load_records(data: DataConfig) -> List[Prompt]:
+        if data.source == "jsonl":
+            rows = [json.loads(line) for line in Path(str(data.path)).read_text().splitlines() if line.strip()]
+        else:
+            import datasets  # run time only: clusters have internet
+
+            rows = list(datasets.load_dataset(str(data.path), split=data.split))
+        if not rows:
+            raise ConfigError(f"data.path: {data.path} holds no prompts")
+        if data.prompt_key not in rows[0]:
+            raise ConfigError(f"data.prompt_key: '{data.prompt_key}' not in {data.path} "
+                              f"(fields: {', '.join(rows[0])})")
+        return [Prompt(str(r[data.prompt_key]), None if r.get(data.answer_key) is None
+                       else str(r[data.answer_key])) for r in rows]
+
+    def take(self, num: int) -> List[Prompt]:
+        if self._records is None:
+            out = [next(self._stream) for _ in range(num)]
+            self.cursor += num
+            return [Prompt(p.prompt, p.answer, p.solution) for p in out]
+        recs = self._records
+        out = [recs[(self.cursor + i) % len(recs)] for i in range(num)]
+        self.cursor += num
+        return out
+
+
+def encode_prompt(tokenizer, text: str, chat_template: str) -> List[int]:
+    """Token ids of a prompt, optionally through the tokenizer's chat template."""
+    if chat_template == "tokenizer":
+        return list(tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                  tokenize=True, add_generation_prompt=True))
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,103 @@
+"""Run logs: stage timers, metrics.jsonl + TensorBoard events, and the live progress line.
+
+Each step appends one JSON object to ``metrics.jsonl`` (schema in opd_megatron.report) and the
+same scalars to TensorBoard. The progress display uses rich when attached to a terminal and
+``run.quiet`` is false; otherwise one plain line per logged step.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Iterator, Optional
+
+
+class StageTimer:
+    """Accumulates wall seconds per stage (rollout, teacher_score, train, weight_sync, eval, ...)."""
+
+    def __init__(self) -> None:
+        self.step_s: Dict[str, float] = {}
+        self.total_s: Dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t0
+            self.step_s[name] = self.step_s.get(name, 0.0) + dt
+            self.total_s[name] = self.total_s.get(name, 0.0) + dt
+
+    def pop_step(self) -> Dict[str, float]:
+        out, self.step_s = self.step_s, {}
+        return {k: round(v, 4) for k, v in out.items()}
+
+
+class MetricsWriter:
+    """Appends step records to metrics.jsonl and TensorBoard; prints progress."""
+
+    def __init__(self, run_dir: Path, num_steps: int, quiet: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.num_steps, self.quiet = num_steps, quiet or not sys.stdout.isatty()
+        self.t0 = time.perf_counter()
+        self._tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        except ImportError:  # tensorboard is a dependency; keep logs working without it
+            self._tb = None
+
+    def write(self, record: Dict, print_line: bool = True) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        step = int(record.get("step", 0))
+        if self._tb is not None:
+            for k, v in _flatten(record).items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if print_line:
+            print(self._line(record), flush=True)
+
+    def _line(self, r: Dict) -> str:
+        step = int(r.get("step", 0))
+        elapsed = time.perf_counter() - self.t0
+        done = max(step, 1)
+        eta = elapsed / done * max(self.num_steps - step, 0)
+        parts = [f"step {step}/{self.num_steps}"]
+        for key, fmt in (("reverse_kl", "rev_kl {:.4f}"), ("loss", "loss {:.4f}"),
+                         ("accuracy", "acc {:.3f}"), ("tokens_per_s", "{:.0f} tok/s"),
+                         ("grad_norm", "gnorm {:.2f}")):
+            if r.get(key) is not None:
+                parts.append(fmt.format(r[key]))
+        parts.append(f"eta {eta:.0f}s")
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _flatten(d: Dict, prefix: str = "") -> Dict:
+    out: Dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def read_jsonl(path: Path) -> list:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def optional_float(x: Optional[float]) -> Optional[float]:
+    return None if x is None else float(x)

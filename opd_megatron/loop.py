@@ -1,0 +1,94 @@
+"""The training loop: one function, top to bottom, the same for opd, sft, rl and opd+reward.
+
+prompts -> rollouts (student servers; teacher servers for sft) -> teacher scores -> advantages
+-> learner step -> weight sync to the student servers -> eval / checkpoint / log.
+Everything it touches is built by opd_megatron.runner and passed in as ``Components``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional
+
+from opd_megatron.batching import add_advantages, pack_rollouts, sampled_reverse_kl
+from opd_megatron.config.schema import Config
+from opd_megatron.errors import RuntimeFailure
+from opd_megatron.logging_utils import StageTimer
+
+
+@dataclass
+class Components:
+    cfg: Config
+    prompts: Any          # PromptSource
+    sample: Callable      # (prompts) -> list[Rollout]: student rollouts, or teacher samples for sft
+    score: Optional[Callable]   # (rollouts) -> None: fills teacher logprobs in place
+    reward: Callable      # (rollouts) -> None: fills Rollout.reward
+    learner: Any          # opd_megatron.learner.Learner
+    sync: Callable        # (version) -> None: pushes learner weights to the student servers
+    evaluate: Callable    # (step) -> dict of eval metrics
+    checkpoint: Callable  # (step) -> None
+    flops: Any            # opd_megatron.flops.FlopsCounter
+    log: Any              # MetricsWriter
+    pad_id: int = 0
+    preempted: Callable[[], bool] = lambda: False
+    num_skipped: int = 0
+    timer: StageTimer = field(default_factory=StageTimer)
+
+
+def train(c: Components, start_step: int) -> int:
+    """Run steps start_step+1 .. num_steps; returns the last completed step."""
+    cfg, step = c.cfg, start_step
+    with_topk = cfg.objective.kl_estimator == "full_vocab"
+    while step < cfg.run.num_steps:
+        t0 = time.perf_counter()
+        with c.timer.stage("rollout"):
+            rollouts = c.sample(c.prompts.take(cfg.rollout.prompts_per_step))
+        if c.score is not None:
+            with c.timer.stage("teacher_score"):
+                c.score(rollouts)
+        c.reward(rollouts)
+        batch = add_advantages(pack_rollouts(rollouts, c.pad_id, with_topk=with_topk), rollouts, cfg.objective)
+        if not _finite(batch) and _skip_or_stop(c, step, "teacher logprobs or advantages"):
+            step += 1
+            continue
+        with c.timer.stage("train"):
+            metrics = c.learner.train_step(batch)
+        if not math.isfinite(metrics.get("loss", 0.0)) and _skip_or_stop(c, step, "loss"):
+            step += 1
+            continue
+        step += 1
+        with c.timer.stage("weight_sync"):
+            c.sync(step)
+        c.flops.add_step(rollouts, batch)
+        record: Dict[str, Any] = {"step": step, **metrics, "reverse_kl_sampled": sampled_reverse_kl(batch),
+                                  "reward_mean": sum(r.reward or 0.0 for r in rollouts) / len(rollouts)}
+        if cfg.eval.interval and step % cfg.eval.interval == 0 and step < cfg.run.num_steps:
+            with c.timer.stage("eval"):
+                record.update(c.evaluate(step))
+        if (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0) or c.preempted():
+            with c.timer.stage("checkpoint"):
+                c.checkpoint(step)
+        record.update(flops=c.flops.as_dict(), stage_seconds=c.timer.pop_step(), num_skipped=c.num_skipped,
+                      tokens_per_s=batch.num_tokens / max(time.perf_counter() - t0, 1e-9))
+        c.log.write(record, print_line=step % cfg.run.log_interval == 0)
+        if c.preempted():
+            return step
+    return step
+
+
+def _finite(batch) -> bool:
+    import torch
+
+    tensors = [batch.advantages, batch.teacher_logprobs, batch.teacher_topk_logprobs]
+    return all(t is None or bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _skip_or_stop(c: Components, step: int, what: str) -> bool:
+    """Per run.on_nonfinite: count and skip the step (True), or stop the run."""
+    if c.cfg.run.on_nonfinite == "stop":
+        raise RuntimeFailure(f"non-finite {what} at step {step + 1}; stopped (run.on_nonfinite=stop), "
+                             f"last good checkpoint kept")
+    c.num_skipped += 1
+    return True

@@ -1,0 +1,66 @@
+"""What ``opd validate`` prints after the resolved config: processes and nodes per role, the
+learner's parallel layout, tokens and estimated FLOPs per step."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+from opd_megatron.config.schema import Config
+
+
+def tokens_per_step(cfg: Config) -> Dict[str, int]:
+    """Upper bounds from the recipe: every response runs to max_new_tokens."""
+    r = cfg.rollout
+    seqs = r.prompts_per_step * r.samples_per_prompt
+    return {"sequences": seqs, "response_tokens_max": seqs * r.max_new_tokens}
+
+
+def flops_per_step(cfg: Config, hf: Dict[str, Optional[dict]]) -> Dict[str, float]:
+    from opd_megatron.flops import FlopsCounter, resolve_shape, shape_from_hf_config
+
+    def shape(role: str):
+        model = getattr(cfg, role)
+        if hf.get(role) is not None:
+            return shape_from_hf_config(hf[role], role)
+        return resolve_shape(model.flops_name) if model.flops_name else None
+
+    student, teacher = shape("student"), shape("teacher")
+    if student is None:
+        return {}
+    counter = FlopsCounter(student, teacher)
+    r = cfg.rollout
+    n = r.prompts_per_step * r.samples_per_prompt
+    ctx = r.max_new_tokens / 2
+    if cfg.objective.method == "sft":
+        if teacher is not None and cfg.data.sft_targets == "teacher":
+            counter.add("teacher_sampling", n * r.max_new_tokens, ctx)
+    else:
+        counter.add("student_sampling", n * r.max_new_tokens, ctx)
+        if teacher is not None and cfg.objective.method != "rl":
+            counter.add("teacher_scoring", n * r.max_new_tokens, ctx)
+    counter.add("learner_train", n * r.max_new_tokens, ctx)
+    return counter.as_dict()
+
+
+def describe_plan(cfg: Config, hf: Dict[str, Optional[dict]], num_nodes: Optional[int] = None) -> str:
+    from opd_megatron.placement import format_plan, plan
+
+    p, e = cfg.parallel, cfg.engines
+    nodes = [f"node{i}" for i in range(num_nodes or cfg.cluster.num_nodes)]
+    lines: List[str] = [format_plan(plan(cfg, nodes))]
+    lines.append(f"learner: tp={p.tp} pp={p.pp} dp={p.dp} ({p.tp * p.pp * p.dp} processes), "
+                 f"microbatch {p.microbatch_tokens} tokens, distributed optimizer "
+                 f"{'on' if p.distributed_optimizer else 'off'}")
+    lines.append(f"student servers: {e.student.num_servers} x tp{e.student.tp} ({e.student.dtype})"
+                 f"{' behind sglang-router' if e.router and e.student.num_servers > 1 else ''}; "
+                 f"weight sync: {e.weight_sync}")
+    lines.append(f"teacher servers: {e.teacher.num_servers} x tp{e.teacher.tp} ({e.teacher.dtype}); "
+                 f"scored at T={cfg.objective.teacher_temperature}")
+    t = tokens_per_step(cfg)
+    lines.append(f"per step: {t['sequences']} sequences, <= {t['response_tokens_max']} response tokens")
+    fl = flops_per_step(cfg, hf)
+    if fl:
+        roles = ", ".join(f"{k} {v:.3g}" for k, v in fl.items() if v and k not in ("total",))
+        lines.append(f"estimated FLOPs per step (upper bound): total {fl['total']:.3g} ({roles})")
+        lines.append(f"estimated FLOPs for {cfg.run.num_steps} steps: {fl['total'] * cfg.run.num_steps:.3g}")
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""The run directory: refuse to mix runs, find the checkpoint to resume from.
+
+``runs/<name>/config.yaml`` is the fully resolved config (``opd run runs/<name>/config.yaml``
+reruns it). A second ``opd run`` with the same training settings resumes from the latest
+checkpoint; one with different settings is refused unless ``run.overwrite=true``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import yaml
+
+from opd_megatron.config import config_dict, to_yaml
+from opd_megatron.config.schema import Config
+from opd_megatron.errors import ConfigError
+
+# Settings that say where/how a run executes, not what it trains: they may differ on resume.
+EXECUTION_KEYS = {"engines", "cluster", "report"}
+RUN_EXECUTION_KEYS = {"quiet", "log_interval", "overwrite", "num_steps"}
+CHECKPOINT_PREFIX = "step_"
+
+
+def run_dir_of(cfg: Config) -> Path:
+    return Path(cfg.run.output_dir) / cfg.run.name
+
+
+def _identity(d: Dict[str, Any]) -> Dict[str, Any]:
+    out = {k: v for k, v in d.items() if k not in EXECUTION_KEYS}
+    out["run"] = {k: v for k, v in d["run"].items() if k not in RUN_EXECUTION_KEYS}
+    return out
+
+
+def check_run_dir(cfg: Config) -> Optional[str]:
+    """Before anything is written: None (fresh), 'resume', or 'overwrite'. Raises ConfigError."""
+    run_dir = run_dir_of(cfg)
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file():
+        if run_dir.exists() and any(run_dir.iterdir()) and not cfg.run.overwrite:
+            raise ConfigError(f"run.name: {run_dir} exists and is not a run directory; choose another "
+                              f"run.name or set run.overwrite=true")
+        return None
+    try:
+        old = yaml.safe_load(cfg_file.read_text())
+    except yaml.YAMLError:
+        old = None
+    if isinstance(old, dict) and _identity(old) == _identity(config_dict(cfg)):
+        return "resume" if cfg.checkpoint.resume else "overwrite"
+    if cfg.run.overwrite:
+        return "overwrite"
+    raise ConfigError(f"run.name: {run_dir} holds a run with different settings; choose another "
+                      f"run.name or set run.overwrite=true to replace it")
+
+
+def open_run_dir(cfg: Config, mode: Optional[str]) -> Path:
+    run_dir = run_dir_of(cfg)
+    if mode == "overwrite" and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    return run_dir
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The newest complete checkpoint (complete ones are renamed into place atomically)."""
+    ckpt_root = run_dir / "checkpoints"
+    if not ckpt_root.is_dir():
+        return None
+    steps = sorted((p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+                    and p.name[len(CHECKPOINT_PREFIX):].isdigit()), key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    return steps[-1] if steps else None
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    ckpt_root = run_dir / "checkpoints"
+    if not ckpt_root.is_dir():
+        return
+    done = sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+                  and p.name[len(CHECKPOINT_PREFIX):].isdigit())
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

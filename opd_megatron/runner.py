@@ -1,0 +1,97 @@
+"""``opd run``: set up a run, drive the loop, always leave a report.
+
+Order: check the run directory (nothing written on bad input) -> build missing models
+(prepare) -> write config.yaml -> start SGLang servers -> build the learner (resume if a
+checkpoint exists) -> evaluate before -> ``loop.train`` -> evaluate after, export the
+student, summary.json, report.md. Servers are stopped by PID in every case. SIGUSR1/SIGTERM
+(Slurm preemption) make the loop checkpoint after the current step and exit 3.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from opd_megatron import rundir
+from opd_megatron.config.schema import Config
+from opd_megatron.errors import ConfigError
+
+EXIT_PREEMPTED = 3
+
+
+class Preemption:
+    """Set by SIGUSR1/SIGTERM; the loop checkpoints and returns at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self._old: Dict[int, Any] = {}
+
+    def __enter__(self) -> "Preemption":
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        print(f"[opd] signal {signum}: checkpoint after this step, then exit {EXIT_PREEMPTED}", flush=True)
+        self.flag = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _run_prepare_recipe(recipe: str) -> Path:
+    from opd_megatron.config import load_and_validate
+
+    cfg, _ = load_and_validate(recipe)
+    code = run(cfg, recipe=recipe, overrides=[])
+    if code != 0:
+        from opd_megatron.errors import RuntimeFailure
+
+        raise RuntimeFailure(f"prepare recipe {recipe} failed with exit code {code}")
+    return rundir.run_dir_of(cfg) / "hf"
+
+
+def run(cfg: Config, recipe: str = "", overrides: Optional[List[str]] = None) -> int:
+    """Run a validated config end to end; returns the exit code."""
+    from opd_megatron.prepare import ensure_model
+
+    mode = rundir.check_run_dir(cfg)
+    for role in ("teacher", "student"):
+        model = getattr(cfg, role)
+        if model.path:
+            ensure_model(model, role, _run_prepare_recipe)
+    run_dir = rundir.open_run_dir(cfg, mode)
+    t0 = time.perf_counter()
+    session = None
+    try:
+        from opd_megatron.session import Session
+
+        with ExitStack() as stack, Preemption() as preempt:
+            session = Session(cfg, run_dir, stack, preempt)
+            code = session.execute()
+        return code
+    finally:
+        _finish(cfg, run_dir, session, time.perf_counter() - t0)
+
+
+def _finish(cfg: Config, run_dir: Path, session: Any, wall_s: float) -> None:
+    """summary.json (partial on failure) and report.md, whatever happened."""
+    summary: Dict[str, Any] = {"wall_s": round(wall_s, 2), "completed": False}
+    if session is not None:
+        summary.update(session.summary())
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    if cfg.report.enabled:
+        try:
+            from opd_megatron.report import write_report
+
+            write_report(run_dir, plots=cfg.report.plots)
+        except Exception as e:  # the report must never hide the run's own outcome
+            print(f"[opd] report failed: {e.__class__.__name__}: {e}", flush=True)
+
+
+__all__ = ["run", "ConfigError", "EXIT_PREEMPTED"]

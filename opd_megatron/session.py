@@ -1,0 +1,229 @@
+"""One run's live objects: servers, clients, learner, evaluators; builds ``loop.Components``.
+
+Kept apart from the loop so the loop reads top to bottom and this file holds the wiring.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from opd_megatron import rundir
+from opd_megatron.config.schema import Config
+from opd_megatron.data import Prompt, PromptSource, encode_prompt, heldout_prompts
+from opd_megatron.logging_utils import MetricsWriter
+from opd_megatron.loop import Components, train
+from opd_megatron.tasks.arithmetic import is_correct
+from opd_megatron.types import Rollout
+
+EVAL_KL_PROMPTS = 200
+"""Held-out prompts whose T=1 student samples measure the reverse KL to the teacher."""
+
+
+class Session:
+    def __init__(self, cfg: Config, run_dir: Path, stack: ExitStack, preempt: Any):
+        self.cfg, self.run_dir, self.stack, self.preempt = cfg, run_dir, stack, preempt
+        self.start_step = self.step = 0
+        self.before: Dict[str, Any] = {}
+        self.after: Dict[str, Any] = {}
+        self.completed = False
+        self.components: Optional[Components] = None
+
+    # ----- set-up -------------------------------------------------------------------------
+    def _needs_teacher_server(self) -> bool:
+        c = self.cfg
+        if not c.teacher.path or c.objective.teacher_backend == "megatron" and c.objective.method != "sft":
+            return False
+        return not (c.objective.method == "sft" and c.data.sft_targets == "reference")
+
+    def _start_servers(self) -> None:
+        from opd_megatron.engines import EngineClient, build_weight_sync, launch_role
+
+        cfg, logs = self.cfg, self.run_dir / "logs"
+        self.student_group = launch_role("student", cfg.student, cfg.engines.student, cfg.engines, logs)
+        self.stack.callback(self.student_group.stop)
+        self.teacher_client = None
+        if self._needs_teacher_server():
+            teacher_group = launch_role("teacher", cfg.teacher, cfg.engines.teacher, cfg.engines, logs)
+            self.stack.callback(teacher_group.stop)
+            self.teacher_client = EngineClient(teacher_group.urls, cfg.engines)
+        self.student_client = EngineClient(self.student_group.rollout_urls, cfg.engines)
+        self.weight_sync = build_weight_sync(cfg.engines, self.student_group.urls, self.run_dir / "sync")
+
+    def _build(self) -> Components:
+        from transformers import AutoTokenizer
+
+        from opd_megatron.flops import FlopsCounter, resolve_shape
+        from opd_megatron.learner import Learner
+
+        cfg = self.cfg
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.student.tokenizer or cfg.student.path)
+        self._start_servers()
+        self.learner = Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel,
+                               num_steps=cfg.run.num_steps, seed=cfg.run.seed,
+                               sampling_temperature=cfg.rollout.temperature)
+        shape = lambda m: resolve_shape(m.flops_name or m.path)  # noqa: E731
+        self.flops = FlopsCounter(shape(cfg.student), shape(cfg.teacher) if cfg.teacher.path else None)
+        self.prompts = PromptSource(cfg.data, cfg.run.seed)
+        method = cfg.objective.method
+        sample = self._sample_reference if method == "sft" and cfg.data.sft_targets == "reference" else self._sample
+        score = self._score if method != "sft" and self.teacher_client is not None else None
+        return Components(cfg=cfg, prompts=self.prompts, sample=sample, score=score, reward=self._reward,
+                          learner=self.learner, sync=self._sync, evaluate=self._evaluate,
+                          checkpoint=self._checkpoint, flops=_FlopsSteps(self.flops, method, cfg),
+                          log=MetricsWriter(self.run_dir, cfg.run.num_steps, cfg.run.quiet),
+                          pad_id=int(self.tokenizer.pad_token_id or 0), preempted=lambda: self.preempt.flag)
+
+    # ----- stage callables -------------------------------------------------------------------
+    def _encode(self, prompts: List[Prompt]) -> List[List[int]]:
+        return [encode_prompt(self.tokenizer, p.text, self.cfg.data.chat_template) for p in prompts]
+
+    def _sample(self, prompts: List[Prompt], *, client=None, temperature=None, samples=None,
+                max_new_tokens=None, seed_offset: int = 0) -> List[Rollout]:
+        r, cfg = self.cfg.rollout, self.cfg
+        if client is None:
+            client = self.teacher_client if cfg.objective.method == "sft" else self.student_client
+        rollouts = client.generate(
+            self._encode(prompts), samples_per_prompt=samples or r.samples_per_prompt,
+            max_new_tokens=max_new_tokens or r.max_new_tokens,
+            temperature=r.temperature if temperature is None else temperature,
+            top_p=r.top_p, top_k=r.top_k, seed=cfg.run.seed * 1_000_003 + self.prompts.cursor + seed_offset)
+        for ro in rollouts:
+            ro.answer = prompts[ro.group_id].answer
+        return rollouts
+
+    def _sample_reference(self, prompts: List[Prompt]) -> List[Rollout]:
+        eos = self.tokenizer.eos_token_id
+        out = []
+        for i, (p, ids) in enumerate(zip(prompts, self._encode(prompts))):
+            resp = list(self.tokenizer(p.reference, add_special_tokens=False)["input_ids"]) + [eos]
+            out.append(Rollout(prompt_ids=ids, response_ids=resp, sampler_logprobs=[0.0] * len(resp),
+                               finish_reason="stop", group_id=i, answer=p.answer))
+        return out
+
+    def _score(self, rollouts: List[Rollout]) -> None:
+        o = self.cfg.objective
+        top_k = o.teacher_top_k if o.kl_estimator == "full_vocab" else 0
+        self.teacher_client.score(rollouts, temperature=o.teacher_temperature, top_k=top_k)
+
+    def _reward(self, rollouts: List[Rollout]) -> None:
+        for ro in rollouts:
+            text = self.tokenizer.decode(ro.response_ids, skip_special_tokens=True)
+            ro.reward = 1.0 if ro.answer is not None and is_correct(text, ro.answer) else 0.0
+
+    def _sync(self, version: int) -> None:
+        self.weight_sync.push(self.learner.hf_state_dict(), version)
+
+    # ----- evaluation ------------------------------------------------------------------------
+    def _accuracy(self, client) -> float:
+        e = self.cfg.eval
+        prompts = heldout_prompts(self.cfg.data, e.num_prompts)
+        rollouts = self._sample(prompts, client=client, temperature=e.temperature, samples=e.samples_per_prompt,
+                                max_new_tokens=e.max_new_tokens, seed_offset=-1)
+        self._reward(rollouts)
+        return sum(ro.reward for ro in rollouts) / len(rollouts)
+
+    def _reverse_kl(self) -> Optional[float]:
+        """Per-token reverse KL of the student to the teacher on held-out T=1 samples
+        (mean of logp_student - logp_teacher over sampled tokens: an unbiased estimate)."""
+        if self.teacher_client is None:
+            return None
+        prompts = heldout_prompts(self.cfg.data, min(EVAL_KL_PROMPTS, self.cfg.eval.num_prompts))
+        rollouts = self._sample(prompts, client=self.student_client, temperature=1.0, samples=1,
+                                max_new_tokens=self.cfg.eval.max_new_tokens, seed_offset=-2)
+        self.teacher_client.score(rollouts, temperature=1.0, top_k=0)
+        num = sum(sum(r.sampler_logprobs) - sum(r.teacher_logprobs) for r in rollouts)
+        den = sum(len(r.response_ids) for r in rollouts)
+        return num / max(den, 1)
+
+    def _evaluate(self, step: int) -> Dict[str, Any]:
+        return {"accuracy": self._accuracy(self.student_client), "reverse_kl": self._reverse_kl()}
+
+    # ----- checkpoints -------------------------------------------------------------------------
+    def _checkpoint(self, step: int) -> None:
+        extra = {"step": step, "cursor": self.prompts.cursor, "flops": self.flops.state_dict(),
+                 "before": self.before, "stage_total_s": dict(self.components.timer.total_s),
+                 "num_skipped": self.components.num_skipped}
+        self.learner.save_checkpoint(rundir.checkpoint_path(self.run_dir, step), extra)
+        rundir.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
+
+    def _resume(self, c: Components) -> None:
+        ckpt = rundir.latest_checkpoint(self.run_dir) if self.cfg.checkpoint.resume else None
+        if ckpt is None:
+            return
+        extra = self.learner.load_checkpoint(ckpt)
+        self.start_step = int(extra["step"])
+        self.prompts.__init__(self.cfg.data, self.cfg.run.seed, cursor=int(extra["cursor"]))
+        self.flops.load_state_dict(extra["flops"])
+        self.before = dict(extra.get("before") or {})
+        c.timer.total_s.update(extra.get("stage_total_s") or {})
+        c.num_skipped = int(extra.get("num_skipped", 0))
+        print(f"[opd] resumed from {ckpt} (step {self.start_step})", flush=True)
+
+    # ----- the run ------------------------------------------------------------------------------
+    def execute(self) -> int:
+        from opd_megatron.runner import EXIT_PREEMPTED
+
+        c = self.components = self._build()
+        self._resume(c)
+        if self.start_step > 0:
+            c.sync(self.start_step)
+        if not self.before:
+            with c.timer.stage("eval"):
+                self.before = self._evaluate(0)
+                if self.teacher_client is not None:
+                    self.before["teacher_accuracy"] = self._accuracy(self.teacher_client)
+            c.log.write({"step": 0, **self.before})
+        self.step = train(c, self.start_step)
+        if self.preempt.flag and self.step < self.cfg.run.num_steps:
+            return EXIT_PREEMPTED
+        with c.timer.stage("eval"):
+            self.after = self._evaluate(self.step)
+        with c.timer.stage("checkpoint"):
+            self._checkpoint(self.step)
+            if self.cfg.checkpoint.export_hf:
+                self.learner.export_hf(self.run_dir / "hf")
+        c.log.write({"step": self.step, **self.after, "flops": self.flops.as_dict(), "final": True})
+        c.log.close()
+        self.completed = True
+        return 0
+
+    def summary(self) -> Dict[str, Any]:
+        c = self.components
+        return {
+            "completed": self.completed, "method": self.cfg.objective.method, "steps": self.step,
+            "teacher_accuracy": self.before.get("teacher_accuracy"),
+            "student_accuracy_before": self.before.get("accuracy"),
+            "student_accuracy_after": self.after.get("accuracy"),
+            "reverse_kl_before": self.before.get("reverse_kl"),
+            "reverse_kl_after": self.after.get("reverse_kl"),
+            "flops": self.flops.as_dict() if hasattr(self, "flops") else {},
+            "stage_seconds": {k: round(v, 2) for k, v in c.timer.total_s.items()} if c else {},
+            "num_skipped_steps": c.num_skipped if c else 0,
+        }
+
+
+class _FlopsSteps:
+    """Counts one step's FLOPs by role from the tokens actually processed."""
+
+    def __init__(self, counter: Any, method: str, cfg: Config):
+        self.counter, self.method, self.cfg = counter, method, cfg
+
+    def add_step(self, rollouts: List[Rollout], batch: Any) -> None:
+        spans = [(len(r.prompt_ids), len(r.response_ids)) for r in rollouts]
+        if self.method == "sft":
+            if self.cfg.data.sft_targets == "teacher":
+                self.counter.add_sequences("teacher_sampling", spans)
+        else:
+            self.counter.add_sequences("student_sampling", spans)
+            if self.cfg.teacher.path and self.method != "rl":
+                # One prefill of each prompt per group (prefix cache), then every response.
+                firsts = {r.group_id: len(r.prompt_ids) for r in rollouts}
+                self.counter.add_sequences("teacher_scoring", [(0, p) for p in firsts.values()])
+                self.counter.add_sequences("teacher_scoring", spans)
+        self.counter.add_sequences("learner_train", [(0, p + t) for p, t in spans])
+
+    def as_dict(self) -> Dict[str, float]:
+        return self.counter.as_dict()

@@ -1,0 +1,23 @@
+"""Shared fixtures: tiny HF checkpoints (random weights) made once per test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict:
+    """{'teacher': dir, 'student': dir}: random tiny Qwen3 checkpoints with the char tokenizer."""
+    from opd_megatron.models.tiny import STUDENT_SHAPE, TEACHER_SHAPE, save_random_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {"teacher": str(save_random_model(root / "teacher", TEACHER_SHAPE, seed=1)),
+            "student": str(save_random_model(root / "student", STUDENT_SHAPE, seed=2))}
