@@ -16,15 +16,6 @@ from opd_megatron.config.schema import ObjectiveConfig
 from opd_megatron.types import Rollout, TrainBatch
 
 
-def method_weights(objective: ObjectiveConfig) -> tuple[float, float]:
-    """(kl weight, reward weight) of the advantage for each method."""
-    if objective.method == "rl":
-        return 0.0, objective.reward_weight or 1.0
-    if objective.method == "opd+reward":
-        return 1.0, objective.reward_weight
-    return 1.0, 0.0
-
-
 def pack_rollouts(rollouts: List[Rollout], pad_id: int, *, with_topk: bool = False) -> TrainBatch:
     """Right-pad prompt+response rows into a TrainBatch (advantages zero; see add_advantages)."""
     seqs = [r.prompt_ids + r.response_ids for r in rollouts]
@@ -54,19 +45,13 @@ def pack_rollouts(rollouts: List[Rollout], pad_id: int, *, with_topk: bool = Fal
 
 
 def add_advantages(batch: TrainBatch, rollouts: List[Rollout], objective: ObjectiveConfig) -> TrainBatch:
-    """Fill batch.advantages: reverse-KL term (sampled token) and/or group-normalised reward."""
-    kl_w, reward_w = method_weights(objective)
-    mask = batch.response_mask
-    kl_adv = torch.zeros_like(mask)
-    if kl_w > 0 and batch.teacher_logprobs is not None and objective.kl_estimator == "sampled_token":
-        kl_adv = obj.reverse_kl_advantages(batch.sampler_logprobs, batch.teacher_logprobs, mask,
-                                           coef=objective.kl_coef, discount=objective.discount)
-    reward_adv = torch.zeros(mask.shape[0])
-    if reward_w > 0:
-        rewards = torch.tensor([r.reward or 0.0 for r in rollouts], dtype=torch.float32)
-        reward_adv = obj.group_normalized_advantages(rewards, batch.group_ids)
-    batch.advantages = obj.combine_advantages(kl_adv, reward_adv, mask, kl_weight=kl_w,
-                                              reward_weight=reward_w)
+    """Fill batch.advantages (reverse-KL term and/or group-normalised reward, per the method)."""
+    needs_kl = objective.method in ("opd", "opd+reward") and objective.kl_estimator == "sampled_token"
+    batch.advantages = obj.build_advantages(
+        objective, batch.response_mask, sampler_logprobs_BT=batch.sampler_logprobs,
+        teacher_logprobs_BT=batch.teacher_logprobs if needs_kl else None,
+        rewards_B=torch.tensor([r.reward or 0.0 for r in rollouts], dtype=torch.float32),
+        group_ids_B=batch.group_ids)
     return batch
 
 

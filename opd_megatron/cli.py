@@ -77,6 +77,12 @@ def _delegate(name: str, rest: List[str]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:  # their own parsers take every remaining argument
+        try:
+            return _delegate(argv[0], argv[1:])
+        except ConfigError as e:
+            print(f"opd: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     args = build_parser().parse_args(argv)
     try:
         if args.command == "validate":

@@ -66,8 +66,12 @@ def run(cfg: Config, recipe: str = "", overrides: Optional[List[str]] = None) ->
         if model.path:
             ensure_model(model, role, _run_prepare_recipe)
     run_dir = rundir.open_run_dir(cfg, mode)
+    from opd_megatron.report import write_environment
+
+    write_environment(run_dir)  # git sha, versions, hardware of the machine that runs it
     t0 = time.perf_counter()
     session = None
+    error: Optional[str] = None
     try:
         from opd_megatron.session import Session
 
@@ -75,16 +79,24 @@ def run(cfg: Config, recipe: str = "", overrides: Optional[List[str]] = None) ->
             session = Session(cfg, run_dir, stack, preempt)
             code = session.execute()
         return code
+    except BaseException as e:
+        error = f"{e.__class__.__name__}: {e}"
+        raise
     finally:
-        _finish(cfg, run_dir, session, time.perf_counter() - t0)
+        _finish(cfg, run_dir, session, time.perf_counter() - t0, error)
 
 
-def _finish(cfg: Config, run_dir: Path, session: Any, wall_s: float) -> None:
+def _finish(cfg: Config, run_dir: Path, session: Any, wall_s: float, error: Optional[str]) -> None:
     """summary.json (partial on failure) and report.md, whatever happened."""
-    summary: Dict[str, Any] = {"wall_s": round(wall_s, 2), "completed": False}
+    summary: Dict[str, Any] = {"wall_s": round(wall_s, 2), "completed": False,
+                               "seeds": {"run": cfg.run.seed}}
     if session is not None:
         summary.update(session.summary())
+    if error:
+        summary["error"] = error
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    if summary.get("completed"):
+        print(summary_table(cfg, summary), flush=True)
     if cfg.report.enabled:
         try:
             from opd_megatron.report import write_report
@@ -92,6 +104,28 @@ def _finish(cfg: Config, run_dir: Path, session: Any, wall_s: float) -> None:
             write_report(run_dir, plots=cfg.report.plots)
         except Exception as e:  # the report must never hide the run's own outcome
             print(f"[opd] report failed: {e.__class__.__name__}: {e}", flush=True)
+
+
+def _fmt(x: Any, pct: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.1f}%" if pct else f"{x:.4f}"
+
+
+def summary_table(cfg: Config, s: Dict[str, Any]) -> str:
+    """The end-of-run table: accuracy and reverse KL before/after, FLOPs by role, time by stage."""
+    rows = [f"== {cfg.run.name}: {s.get('method')} for {s.get('steps')} steps "
+            f"({s.get('wall_s', 0):.0f} s wall) ==",
+            f"{'teacher accuracy':<28}{_fmt(s.get('teacher_accuracy'), True)}",
+            f"{'student accuracy':<28}{_fmt(s.get('student_accuracy_before'), True)} -> "
+            f"{_fmt(s.get('student_accuracy_after'), True)}",
+            f"{'reverse KL (nats/token)':<28}{_fmt(s.get('reverse_kl_before'))} -> "
+            f"{_fmt(s.get('reverse_kl_after'))}"]
+    flops = s.get("flops") or {}
+    rows.append("FLOPs: " + ", ".join(f"{k} {v:.3g}" for k, v in flops.items() if v))
+    stages = s.get("stage_seconds") or {}
+    rows.append("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    return "\n".join(rows)
 
 
 __all__ = ["run", "ConfigError", "EXIT_PREEMPTED"]

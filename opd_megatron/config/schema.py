@@ -202,6 +202,9 @@ class EnginesConfig:
     """tensor (same host) | disk (HF directory) | distributed (NCCL, GPU only)."""
     api_key_env: Optional[str] = None
     """Environment variable holding the servers' API key (never logged)."""
+    device: str = "auto"
+    """Where servers run: auto (cuda if torch sees a GPU, else cpu) | cpu | cuda. cpu adds the
+    CPU-only SGLang flags (see opd_megatron/engines/launcher.py)."""
 
 
 @dataclass
@@ -298,5 +301,6 @@ CHOICES = {
     "engines.student.dtype": ("float32", "bfloat16", "float16"),
     "engines.teacher.dtype": ("float32", "bfloat16", "float16"),
     "engines.weight_sync": ("tensor", "disk", "distributed"),
+    "engines.device": ("auto", "cpu", "cuda"),
     "eval.preset": ("none", "qwen3", "tml"),
 }

@@ -227,9 +227,10 @@ def check_cluster(cfg: Config) -> None:
 
 
 def check_objective(cfg: Config) -> None:
+    from opd_megatron.objective import validate_objective
+
     o = cfg.objective
-    if o.method == "opd+reward" and o.reward_weight <= 0:
-        raise ConfigError("objective.reward_weight: must be > 0 for method opd+reward")
+    validate_objective(o)
     if o.kl_estimator == "full_vocab" and o.teacher_top_k < 1 and o.teacher_backend != "megatron":
         raise ConfigError("objective.teacher_top_k: must be >= 1 for kl_estimator full_vocab with an "
                           "SGLang teacher (set it to the vocab size for the exact KL)")

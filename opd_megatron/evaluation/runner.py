@@ -1,0 +1,141 @@
+"""Run a benchmark through any sampler: sampling presets, ``evaluate`` and its result.
+
+The sampler is a ``generate_fn(prompts, n, sampling) -> list[list[str]]`` (n response texts
+per prompt), so this module never imports an engine: the loop passes one backed by its
+SGLang student servers, ``opd eval`` one backed by a server URL, tests a local function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Dict, List, Optional, Sequence
+
+from opd_megatron.errors import ConfigError
+from opd_megatron.evaluation.benchmarks import Benchmark
+from opd_megatron.evaluation.metrics import avg_at_k, mean_pass_at_k
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0
+    """0: greedy."""
+    top_p: float = 1.0
+    top_k: int = -1
+    """-1 disables top-k."""
+    num_samples: int = 1
+    """Samples per problem (k of avg@k)."""
+    max_new_tokens: int = 48
+    seed: int = 0
+
+
+PRESETS: Dict[str, SamplingParams] = {
+    # Qwen3 technical report: thinking mode, T 0.6, top-p 0.95, top-k 20, 38,912 output tokens,
+    # pass@1 averaged over 64 samples.
+    "qwen3": SamplingParams(temperature=0.6, top_p=0.95, top_k=20, num_samples=64,
+                            max_new_tokens=38912),
+    # TML blog: AIME with 32 samples per problem; the blog gives no other sampling setting,
+    # so the rest follows Qwen3's recommended thinking-mode sampling.
+    "tml": SamplingParams(temperature=0.6, top_p=0.95, top_k=20, num_samples=32,
+                          max_new_tokens=38912),
+}
+
+GenerateFn = Callable[[List[str], int, SamplingParams], List[List[str]]]
+
+
+def preset(name: str, **overrides) -> SamplingParams:
+    """A preset ('qwen3', 'tml', or 'none' for defaults) with fields overridden."""
+    if name == "none":
+        base = SamplingParams()
+    elif name in PRESETS:
+        base = PRESETS[name]
+    else:
+        raise ConfigError(f"unknown eval preset {name!r}; use one of none, {', '.join(PRESETS)}")
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def sampling_from_eval_config(eval_cfg, seed: int = 0) -> SamplingParams:
+    """SamplingParams from a schema EvalConfig: the preset when set, else its own fields."""
+    if eval_cfg.preset != "none":
+        return preset(eval_cfg.preset, seed=seed)
+    return SamplingParams(temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
+                          top_k=eval_cfg.top_k, num_samples=eval_cfg.samples_per_prompt,
+                          max_new_tokens=eval_cfg.max_new_tokens, seed=seed)
+
+
+@dataclass
+class EvalResult:
+    benchmark: str
+    num_problems: int
+    num_samples: int
+    avg_at_k: float
+    """Mean accuracy over all samples (pass@1 estimated from k samples)."""
+    pass_at_k: Dict[int, float]
+    """Unbiased pass@k for each requested k <= num_samples."""
+    num_correct: List[int]
+    """Correct samples per problem, in problem order."""
+    sampling: SamplingParams
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["pass_at_k"] = {str(k): v for k, v in self.pass_at_k.items()}
+        return d
+
+
+def default_ks(num_samples: int) -> List[int]:
+    """1, 2, 4, ... up to num_samples (always including num_samples)."""
+    ks, k = [], 1
+    while k < num_samples:
+        ks.append(k)
+        k *= 2
+    return ks + [num_samples]
+
+
+def evaluate(benchmark: Benchmark, generate_fn: GenerateFn, sampling: SamplingParams, *,
+             ks: Optional[Sequence[int]] = None, batch_prompts: int = 64) -> EvalResult:
+    """Sample ``sampling.num_samples`` responses per problem, grade them, reduce to metrics.
+
+    Prompts go to ``generate_fn`` in batches of ``batch_prompts`` so a 500-problem x 64-sample
+    eval never holds every request at once.
+    """
+    n = sampling.num_samples
+    if n < 1:
+        raise ConfigError(f"eval samples per problem must be >= 1, got {n}")
+    ks = sorted(set(ks or default_ks(n)))
+    if ks[0] < 1 or ks[-1] > n:
+        raise ConfigError(f"pass@k needs 1 <= k <= samples ({n}); got k={ks}")
+    problems = benchmark.problems
+    if not problems:
+        raise ConfigError(f"{benchmark.name}: no problems to evaluate")
+    num_correct: List[int] = []
+    for start in range(0, len(problems), batch_prompts):
+        chunk = problems[start:start + batch_prompts]
+        outputs = generate_fn([p.prompt for p in chunk], n, sampling)
+        if len(outputs) != len(chunk) or any(len(o) != n for o in outputs):
+            raise ValueError(f"generate_fn returned {[len(o) for o in outputs]} responses for "
+                             f"{len(chunk)} prompts x {n} samples")
+        for p, responses in zip(chunk, outputs):
+            num_correct.append(sum(bool(benchmark.grade(r, p.answer)) for r in responses))
+    counts = [n] * len(problems)
+    return EvalResult(benchmark=benchmark.name, num_problems=len(problems), num_samples=n,
+                      avg_at_k=avg_at_k(counts, num_correct),
+                      pass_at_k={k: mean_pass_at_k(counts, num_correct, k) for k in ks},
+                      num_correct=num_correct, sampling=sampling)
+
+
+def evaluate_benchmarks(eval_cfg, generate_fn: GenerateFn, *, seed: int = 0,
+                        data_files: Optional[Dict[str, str]] = None) -> Dict[str, float]:
+    """The loop's hook for ``eval.benchmarks``: flat metrics for metrics.jsonl.
+
+    Returns ``{"<benchmark>_avg_at_k": ..., "<benchmark>_pass_at_<k>": ...}`` for each
+    benchmark of the EvalConfig, sampled with its preset (or its own fields).
+    """
+    from opd_megatron.evaluation.benchmarks import load_benchmark
+
+    sampling = sampling_from_eval_config(eval_cfg, seed=seed)
+    out: Dict[str, float] = {}
+    for name in eval_cfg.benchmarks:
+        bench = load_benchmark(name, data_files=(data_files or {}).get(name), seed=seed)
+        result = evaluate(bench, generate_fn, sampling)
+        out[f"{name}_avg_at_k"] = result.avg_at_k
+        out.update({f"{name}_pass_at_{k}": v for k, v in result.pass_at_k.items()})
+    return out
