@@ -39,18 +39,22 @@ class Session:
         return not (c.objective.method == "sft" and c.data.sft_targets == "reference")
 
     def _start_servers(self) -> None:
-        from opd_megatron.engines import EngineClient, build_weight_sync, launch_role
+        from opd_megatron.engines import EngineClient, launch_engines, make_weight_sync
 
-        cfg, logs = self.cfg, self.run_dir / "logs"
-        self.student_group = launch_role("student", cfg.student, cfg.engines.student, cfg.engines, logs)
-        self.stack.callback(self.student_group.stop)
-        self.teacher_client = None
-        if self._needs_teacher_server():
-            teacher_group = launch_role("teacher", cfg.teacher, cfg.engines.teacher, cfg.engines, logs)
-            self.stack.callback(teacher_group.stop)
-            self.teacher_client = EngineClient(teacher_group.urls, cfg.engines)
-        self.student_client = EngineClient(self.student_group.rollout_urls, cfg.engines)
-        self.weight_sync = build_weight_sync(cfg.engines, self.student_group.urls, self.run_dir / "sync")
+        cfg = self.cfg
+        teacher = cfg.teacher if self._needs_teacher_server() else None
+        groups = launch_engines(cfg.student, teacher, cfg.engines, self.run_dir / "logs", seed=cfg.run.seed)
+        for group in groups.values():
+            self.stack.callback(group.stop)
+        vocab = len(self.tokenizer)
+        self.student_client = EngineClient.from_config(groups["student"].request_urls, cfg.engines,
+                                                       full_vocab_size=vocab)
+        self.teacher_client = (EngineClient.from_config(groups["teacher"].request_urls, cfg.engines,
+                                                        full_vocab_size=vocab) if teacher else None)
+        self.weight_sync = make_weight_sync(cfg.engines, groups["student"].server_urls,
+                                            base_model_dir=cfg.student.path,
+                                            staging_dir=self.run_dir / "weight_sync")
+        self.stack.callback(self.weight_sync.close)
 
     def _build(self) -> Components:
         from transformers import AutoTokenizer
@@ -168,7 +172,8 @@ class Session:
 
         c = self.components = self._build()
         self._resume(c)
-        if self.start_step > 0:
+        if self.start_step > 0 or self.cfg.engines.student.urls:
+            # Servers started elsewhere (or before a requeue) may hold other weights.
             c.sync(self.start_step)
         if not self.before:
             with c.timer.stage("eval"):
