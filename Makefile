@@ -4,13 +4,21 @@
 PY := .venv/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo compare test test-fast bench lint clean
 
 setup:
 	bash scripts/setup_env.sh
 
 demo: setup
 	$(PY) -m opd_megatron run recipes/opd-tiny-cpu.yaml
+
+# Toy-scale reproduction of the compute-efficiency table: continued SFT on teacher samples,
+# RL (GRPO) and OPD from the same student initialisation, on one FLOPs axis.
+compare: setup
+	$(PY) -m opd_megatron run recipes/sft-tiny-cpu.yaml run.quiet=true
+	$(PY) -m opd_megatron run recipes/rl-tiny-cpu.yaml run.quiet=true
+	$(PY) -m opd_megatron run recipes/opd-tiny-cpu.yaml run.quiet=true
+	$(PY) -m opd_megatron report --compare runs/sft-tiny-cpu runs/rl-tiny-cpu runs/opd-tiny-cpu
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -41,6 +41,7 @@ def train(c: Components, start_step: int) -> int:
     """Run steps start_step+1 .. num_steps; returns the last completed step."""
     cfg, step = c.cfg, start_step
     with_topk = cfg.objective.kl_estimator == "full_vocab"
+    on_policy = cfg.objective.method != "sft"
     while step < cfg.run.num_steps:
         t0 = time.perf_counter()
         with c.timer.stage("rollout"):
@@ -59,8 +60,9 @@ def train(c: Components, start_step: int) -> int:
             step += 1
             continue
         step += 1
-        with c.timer.stage("weight_sync"):
-            c.sync(step)
+        if on_policy:  # off-policy sft samples the teacher: the student servers sync before eval only
+            with c.timer.stage("weight_sync"):
+                c.sync(step)
         c.flops.add_step(rollouts, batch)
         record: Dict[str, Any] = {"step": step, **metrics, "reverse_kl_sampled": sampled_reverse_kl(batch),
                                   "reward_mean": sum(r.reward or 0.0 for r in rollouts) / len(rollouts)}

@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from opd_megatron.config import load_and_validate, to_yaml
+from opd_megatron.config import load_and_validate
+from opd_megatron.config.load import read_recipe_layers
 from opd_megatron.config.schema import ModelConfig
 from opd_megatron.config.validate import RANDOM_PREFIX
 
@@ -22,11 +23,13 @@ STAMP = ".opd-prepare.json"
 
 
 def prepare_hash(spec: str) -> str:
-    """Content hash of what would be built: the spec and, for recipes, the resolved config."""
+    """Content hash of what would be built: the spec and, for recipes, the recipe's own YAML
+    (and its base), recursively with the recipes of the models it needs. Schema defaults are
+    not hashed, so adding a schema field does not invalidate shipped checkpoints."""
     text = spec
     if not spec.startswith(RANDOM_PREFIX):
+        text += json.dumps(read_recipe_layers(spec), sort_keys=True)
         cfg, _ = load_and_validate(spec)
-        text += to_yaml(cfg)
         for role in (cfg.student, cfg.teacher):
             if role.prepare:
                 text += prepare_hash(role.prepare)

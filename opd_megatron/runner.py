@@ -10,6 +10,7 @@ student, summary.json, report.md. Servers are stopped by PID in every case. SIGU
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from contextlib import ExitStack
@@ -60,6 +61,9 @@ def run(cfg: Config, recipe: str = "", overrides: Optional[List[str]] = None) ->
     """Run a validated config end to end; returns the exit code."""
     from opd_megatron.prepare import ensure_model
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _follow(cfg)
+
     mode = rundir.check_run_dir(cfg)
     for role in ("teacher", "student"):
         model = getattr(cfg, role)
@@ -84,6 +88,21 @@ def run(cfg: Config, recipe: str = "", overrides: Optional[List[str]] = None) ->
         raise
     finally:
         _finish(cfg, run_dir, session, time.perf_counter() - t0, error)
+
+
+def _follow(cfg: Config) -> int:
+    """A learner rank > 0 under torchrun: build the learner, mirror rank 0's calls."""
+    from opd_megatron.learner import Learner
+    from opd_megatron.spmd import follow
+
+    for role in ("student", "teacher"):
+        if getattr(cfg, role).path and not Path(getattr(cfg, role).path).exists():
+            raise ConfigError(f"{role}.path: {getattr(cfg, role).path} must exist before a multi-process "
+                              f"run (run its prepare recipe once in one process first)")
+    learner = Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel, num_steps=cfg.run.num_steps,
+                      seed=cfg.run.seed, sampling_temperature=cfg.rollout.temperature)
+    follow(learner)
+    return 0
 
 
 def _finish(cfg: Config, run_dir: Path, session: Any, wall_s: float, error: Optional[str]) -> None:

@@ -14,6 +14,7 @@ from opd_megatron import rundir
 from opd_megatron.config.schema import Config
 from opd_megatron.data import Prompt, PromptSource, encode_prompt, heldout_prompts
 from opd_megatron.logging_utils import MetricsWriter
+from opd_megatron.spmd import CollectiveLearner, world_size
 from opd_megatron.loop import Components, train
 from opd_megatron.tasks.arithmetic import is_correct
 from opd_megatron.types import Rollout
@@ -29,6 +30,7 @@ class Session:
         self.before: Dict[str, Any] = {}
         self.after: Dict[str, Any] = {}
         self.completed = False
+        self.synced_version = 0  # servers start from the checkpoint the learner starts from
         self.components: Optional[Components] = None
 
     # ----- set-up -------------------------------------------------------------------------
@@ -65,9 +67,12 @@ class Session:
         cfg = self.cfg
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.student.tokenizer or cfg.student.path)
         self._start_servers()
-        self.learner = Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel,
-                               num_steps=cfg.run.num_steps, seed=cfg.run.seed,
-                               sampling_temperature=cfg.rollout.temperature)
+        learner = Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel,
+                          num_steps=cfg.run.num_steps, seed=cfg.run.seed,
+                          sampling_temperature=cfg.rollout.temperature)
+        self.learner = CollectiveLearner(learner) if world_size() > 1 else learner
+        if world_size() > 1:
+            self.stack.callback(self.learner.stop_followers)
         shape = lambda m: resolve_shape(m.flops_name or m.path)  # noqa: E731
         self.flops = FlopsCounter(shape(cfg.student), shape(cfg.teacher) if cfg.teacher.path else None)
         self.prompts = PromptSource(cfg.data, cfg.run.seed)
@@ -119,6 +124,7 @@ class Session:
 
     def _sync(self, version: int) -> None:
         self.weight_sync.push(self.learner.hf_state_dict(), version)
+        self.synced_version = version
 
     # ----- evaluation ------------------------------------------------------------------------
     def _accuracy(self, client) -> float:
@@ -143,6 +149,8 @@ class Session:
         return num / max(den, 1)
 
     def _evaluate(self, step: int) -> Dict[str, Any]:
+        if self.synced_version != step:
+            self._sync(step)
         return {"accuracy": self._accuracy(self.student_client), "reverse_kl": self._reverse_kl()}
 
     # ----- checkpoints -------------------------------------------------------------------------

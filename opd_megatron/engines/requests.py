@@ -1,0 +1,173 @@
+"""SGLang /generate request bodies and the parsing of their answers, as pure functions.
+
+Kept apart from the HTTP client so the alignment rules (the classic off-by-one of teacher
+scoring) are in one short place and unit-testable without a server.
+
+Alignment facts of SGLang 0.5.23 (measured, see tests/test_engines_scoring.py):
+- ``meta_info.input_token_logprobs`` with ``logprob_start_len=s`` lists the tokens
+  ``input_ids[s:]`` as ``[logprob, token_id, text]``; entry i is ``log p(input_ids[s+i] |
+  input_ids[:s+i])`` except entry 0, whose logprob is null. ``input_top_logprobs[i]`` is the
+  top-k of that same distribution (the one predicting ``input_ids[s+i]``).
+- So scoring a response that starts at position P uses ``s = P - 1``: entry 0 is the last
+  prompt token (null, dropped), entry t + 1 scores response token t. ``s = P`` would lose
+  response token 0; ``s = 0`` also works but disables the prefix cache for the prompt.
+- The radix cache can reuse at most ``s`` tokens of a logprob request, so ``s = P - 1`` lets
+  the teacher reuse the prompt prefilled by an earlier sample of the same group.
+- Input logprobs are always those of the temperature-1 distribution (SGLang ignores the
+  request temperature for them); output (sampled) logprobs are temperature-scaled.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+from opd_megatron.engines.http import EngineRequestError
+from opd_megatron.types import Rollout
+
+
+def generate_payload(prompt_ids: List[int], *, samples_per_prompt: int, max_new_tokens: int,
+                     temperature: float, top_p: float, top_k: int,
+                     seed: Optional[int], ignore_eos: bool = False) -> Dict[str, Any]:
+    """One request for all G samples of a prompt (``n=G``).
+
+    ``n=G`` makes SGLang prefill the prompt once and fork it G times (measured: every sample
+    reports ``cached_tokens = P - 1``); G separate requests prefill it up to G times.
+    """
+    params: Dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "n": samples_per_prompt,
+    }
+    if ignore_eos:
+        params["ignore_eos"] = True  # fixed-length responses (benchmarks, tests)
+    if seed is not None:
+        # Honoured by SGLang only with --enable-deterministic-inference (GPU attention
+        # backends); on CPU sampling follows the server's --random-seed.
+        params["sampling_seed"] = seed
+    return {"input_ids": prompt_ids, "sampling_params": params, "return_logprob": True}
+
+
+def _weight_version(meta: Dict[str, Any]) -> int:
+    raw = meta.get("weight_version", "0")
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return 0  # SGLang's initial version is the string "default"
+
+
+def _finish_reason(meta: Dict[str, Any]) -> str:
+    reason = meta.get("finish_reason") or {}
+    kind = reason.get("type", "length") if isinstance(reason, dict) else str(reason)
+    return "length" if kind == "length" else ("stop" if kind in ("stop", "eos") else kind)
+
+
+def parse_generate(answer: Any, prompt_ids: List[int], group_id: int,
+                   num_samples: int, url: str) -> List[Rollout]:
+    """Rollouts of one prompt from a /generate answer (a list when n > 1)."""
+    items = answer if isinstance(answer, list) else [answer]
+    if len(items) != num_samples:
+        raise EngineRequestError(f"SGLang server {url} returned {len(items)} samples, "
+                                 f"expected {num_samples}")
+    rollouts = []
+    for item in items:
+        meta = item["meta_info"]
+        triples = meta.get("output_token_logprobs") or []
+        response_ids = list(item.get("output_ids", [t[1] for t in triples]))
+        if [t[1] for t in triples] != response_ids:
+            raise EngineRequestError(f"SGLang server {url}: output_token_logprobs do not "
+                                     "match output_ids (cannot align sampler logprobs)")
+        rollouts.append(Rollout(
+            prompt_ids=list(prompt_ids), response_ids=response_ids,
+            sampler_logprobs=[float(t[0]) for t in triples],
+            finish_reason=_finish_reason(meta), weight_version=_weight_version(meta),
+            group_id=group_id,
+        ))
+    return rollouts
+
+
+def score_payload(rollout: Rollout, *, top_logprobs_num: int) -> Dict[str, Any]:
+    """Prefill prompt + response once, logprobs from the last prompt token on (see module doc)."""
+    num_prompt_tokens = len(rollout.prompt_ids)
+    if num_prompt_tokens == 0:
+        raise EngineRequestError("cannot score a rollout with an empty prompt")
+    payload: Dict[str, Any] = {
+        "input_ids": list(rollout.prompt_ids) + list(rollout.response_ids),
+        "sampling_params": {"max_new_tokens": 0, "temperature": 1.0},
+        "return_logprob": True,
+        "logprob_start_len": num_prompt_tokens - 1,
+    }
+    if top_logprobs_num > 0:
+        payload["top_logprobs_num"] = top_logprobs_num
+    return payload
+
+
+def _log_softmax_scaled(logprobs: List[float], temperature: float) -> List[float]:
+    """log softmax(logits / T) from the full temperature-1 log-distribution."""
+    scaled = [lp / temperature for lp in logprobs]
+    top = max(scaled)
+    log_norm = top + math.log(sum(math.exp(x - top) for x in scaled))
+    return [x - log_norm for x in scaled]
+
+
+def _rescaled_row(top_row: List[List[Any]], token_id: int, temperature: float,
+                  top_k: int) -> Tuple[float, List[int], List[float]]:
+    """Teacher logprob of ``token_id`` and its top-k at ``temperature`` from a full-vocab row."""
+    ids = [int(entry[1]) for entry in top_row]
+    scaled = _log_softmax_scaled([float(entry[0]) for entry in top_row], temperature)
+    by_id = dict(zip(ids, scaled))
+    order = sorted(range(len(ids)), key=lambda i: -scaled[i])[:top_k]
+    return by_id[token_id], [ids[i] for i in order], [scaled[i] for i in order]
+
+
+def _same_scored_ids(got: List[int], expected: List[int]) -> bool:
+    """SGLang reports ids >= vocab_size - 1 as 0 in input_token_logprobs (it clips "padded
+    image hashes"); the logprob values are still those of the real token (measured). So a
+    reported 0 matches any id; a shift by one position still fails on the other ids."""
+    return len(got) == len(expected) and all(g == e or g == 0 for g, e in zip(got, expected))
+
+
+def parse_score(answer: Dict[str, Any], rollout: Rollout, *, temperature: float, top_k: int,
+                full_vocab_size: Optional[int], url: str) -> None:
+    """Fill ``rollout.teacher_*`` so that index t scores response token t.
+
+    ``temperature != 1`` needs the full distribution (``full_vocab_size`` entries per
+    position, requested by the caller) because SGLang returns input logprobs at T = 1 only.
+    """
+    meta = answer["meta_info"]
+    entries = meta.get("input_token_logprobs") or []
+    response_ids = list(rollout.response_ids)
+    got_ids = [int(e[1]) for e in entries]
+    expected_ids = [rollout.prompt_ids[-1]] + response_ids
+    if full_vocab_size:
+        # SGLang 0.5.23 reports the id of the vocabulary's last token as 0 in
+        # input_token_logprobs (scheduler_components/logprob_result_processor.py: ids >=
+        # vocab_size - 1 -> 0); the logprob values are right. Compare ids the same way.
+        expected_ids = [0 if t >= full_vocab_size - 1 else t for t in expected_ids]
+    if not _same_scored_ids(got_ids, expected_ids):
+        raise EngineRequestError(
+            f"SGLang server {url}: scored tokens {got_ids[:8]}... do not match last prompt "
+            f"token + response {expected_ids[:8]}... (teacher logprobs would be misaligned)")
+    rescale = temperature != 1.0
+    need_rows = top_k > 0 or rescale
+    rows = (meta.get("input_top_logprobs") or [])[1:] if need_rows else []
+    if need_rows and len(rows) != len(response_ids):
+        raise EngineRequestError(f"SGLang server {url} returned {len(rows)} top-logprob rows "
+                                 f"for {len(response_ids)} response tokens")
+    if not rescale:
+        rollout.teacher_logprobs = [float(e[0]) for e in entries[1:]]
+        if top_k > 0:
+            rollout.teacher_topk_ids = [[int(x[1]) for x in row[:top_k]] for row in rows]
+            rollout.teacher_topk_logprobs = [[float(x[0]) for x in row[:top_k]] for row in rows]
+        return
+    if any(len(row) != full_vocab_size for row in rows):
+        raise EngineRequestError(f"SGLang server {url} returned fewer than the full "
+                                 f"{full_vocab_size} logprobs needed for temperature {temperature}")
+    done = [_rescaled_row(row, tok, temperature, max(top_k, 1))
+            for row, tok in zip(rows, response_ids)]
+    rollout.teacher_logprobs = [d[0] for d in done]
+    if top_k > 0:
+        rollout.teacher_topk_ids = [d[1] for d in done]
+        rollout.teacher_topk_logprobs = [d[2] for d in done]

@@ -1,0 +1,57 @@
+"""Driving a multi-process learner from one loop.
+
+Under ``torchrun`` every learner method is collective (all ranks call it with the same
+arguments), while only rank 0 talks to the SGLang servers. Rank 0 wraps its learner in
+``CollectiveLearner``: each call is first broadcast as (method, args) to the other ranks, which
+sit in ``follow`` and make the same call. One process (world size 1) uses the learner directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STOP = "__stop__"
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _broadcast(obj: Any) -> Any:
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class CollectiveLearner:
+    """Rank 0's view of the learner: every method call is mirrored on all ranks."""
+
+    def __init__(self, learner: Any):
+        self._learner = learner
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._learner, name)
+        if not callable(fn):
+            return fn
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            _broadcast((name, args, kwargs))
+            return fn(*args, **kwargs)
+
+        return call
+
+    def stop_followers(self) -> None:
+        _broadcast((STOP, (), {}))
+
+
+def follow(learner: Any) -> None:
+    """Ranks > 0: make every call rank 0 makes, until it says stop."""
+    while True:
+        name, args, kwargs = _broadcast(None)
+        if name == STOP:
+            return
+        getattr(learner, name)(*args, **kwargs)

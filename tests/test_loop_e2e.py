@@ -1,0 +1,96 @@
+"""`opd run` end to end through real SGLang servers (CPU) and the real Megatron-Core learner:
+3-step opd, sft and rl runs, the output contract, and same seed -> same metrics.
+
+The servers are the session's shared tiny student/teacher servers (tests/engines_fixtures.py),
+passed in with engines.<role>.urls exactly as the sbatch script does; each run first pushes its
+own initial weights to the student server, and the module restores the server's weights after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PYTHON, REPO
+
+pytestmark = pytest.mark.slow
+TIMING_KEYS = {"stage_seconds", "tokens_per_s"}
+
+
+def _run(tmp: Path, models, student_server, teacher_server, *overrides: str, recipe="opd-tiny-cpu.yaml"):
+    args = [PYTHON, "-m", "opd_megatron", "run", str(REPO / "recipes" / recipe),
+            f"student.path={models['student']}", f"teacher.path={models['teacher']}",
+            "student.prepare=null", "teacher.prepare=null",
+            f"engines.student.urls=[{student_server.url}]", f"engines.teacher.urls=[{teacher_server.url}]",
+            "run.num_steps=3", "rollout.prompts_per_step=8", "eval.num_prompts=16", "run.quiet=true",
+            "checkpoint.interval=2", *overrides]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(args, cwd=tmp, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _records(run_dir: Path):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def loop_env(engine_models, student_server, teacher_server, tmp_path_factory):
+    yield engine_models, student_server, teacher_server, tmp_path_factory.mktemp("loop")
+    from opd_megatron.config.schema import EnginesConfig
+    from opd_megatron.engines import EngineClient
+
+    client = EngineClient.from_config([student_server.url], EnginesConfig())
+    client.post_each("/update_weights_from_disk", {"model_path": str(engine_models["student"])})
+
+
+@pytest.mark.parametrize("name,recipe,extra", [
+    ("opd", "opd-tiny-cpu.yaml", []),
+    ("sft", "sft-tiny-cpu.yaml", []),
+    ("rl", "rl-tiny-cpu.yaml", ["rollout.prompts_per_step=2", "rollout.samples_per_prompt=4"]),
+])
+def test_methods_run_end_to_end(loop_env, name, recipe, extra):
+    models, student, teacher, tmp = loop_env
+    proc = _run(tmp, models, student, teacher, f"run.name={name}", *extra, recipe=recipe)
+    run_dir = tmp / "runs" / name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["completed"] is True and summary["steps"] == 3
+    for key in ("teacher_accuracy", "student_accuracy_before", "student_accuracy_after",
+                "reverse_kl_before", "reverse_kl_after", "flops", "stage_seconds"):
+        assert summary[key] is not None, key
+    assert "student accuracy" in proc.stdout  # the end-of-run table
+    recs = _records(run_dir)
+    train = [r for r in recs if "loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    assert all(abs(r["loss"]) < 1e3 for r in train)
+    for f in ("config.yaml", "report.md", "hf/config.json", "hf/model.safetensors", "environment.json"):
+        assert (run_dir / f).is_file(), f
+    assert list((run_dir / "tensorboard").iterdir())
+    assert (run_dir / "checkpoints").is_dir()
+    flops = summary["flops"]
+    if name == "sft":
+        assert flops["teacher_sampling"] > 0 and flops["student_sampling"] == 0
+    else:
+        assert flops["student_sampling"] > 0 and flops["learner_train"] > 0
+    if name == "opd":
+        assert flops["teacher_scoring"] > 0
+    if name == "rl":
+        assert "reward_mean" in train[0] and flops["teacher_scoring"] == 0
+
+
+def test_same_seed_same_metrics(loop_env):
+    models, student, teacher, tmp = loop_env
+    runs = []
+    for name in ("det-a", "det-b"):
+        _run(tmp, models, student, teacher, f"run.name={name}")
+        runs.append([{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in _records(tmp / "runs" / name)])
+    assert runs[0] == runs[1]
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp / "runs/det-a/hf/model.safetensors"))
+    b = load_file(str(tmp / "runs/det-b/hf/model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
