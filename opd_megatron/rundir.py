@@ -38,7 +38,8 @@ def check_run_dir(cfg: Config) -> Optional[str]:
     run_dir = run_dir_of(cfg)
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.is_file():
-        if run_dir.exists() and any(run_dir.iterdir()) and not cfg.run.overwrite:
+        # logs/ alone may exist: slurm/opd.sbatch starts the servers (logging there) before `opd run`.
+        if run_dir.exists() and any(p.name != "logs" for p in run_dir.iterdir()) and not cfg.run.overwrite:
             raise ConfigError(f"run.name: {run_dir} exists and is not a run directory; choose another "
                               f"run.name or set run.overwrite=true")
         return None

@@ -5,6 +5,7 @@ Kept apart from the loop so the loop reads top to bottom and this file holds the
 
 from __future__ import annotations
 
+import hashlib
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -98,7 +99,7 @@ class Session:
             self._encode(prompts), samples_per_prompt=samples or r.samples_per_prompt,
             max_new_tokens=max_new_tokens or r.max_new_tokens,
             temperature=r.temperature if temperature is None else temperature,
-            top_p=r.top_p, top_k=r.top_k, seed=cfg.run.seed * 1_000_003 + self.prompts.cursor + seed_offset)
+            top_p=r.top_p, top_k=r.top_k, seed=_sampling_seed(cfg.run.seed, self.prompts.cursor, seed_offset))
         for ro in rollouts:
             ro.answer = prompts[ro.group_id].answer
         return rollouts
@@ -216,6 +217,14 @@ class Session:
             "stage_seconds": {k: round(v, 2) for k, v in c.timer.total_s.items()} if c else {},
             "num_skipped_steps": c.num_skipped if c else 0,
         }
+
+
+def _sampling_seed(run_seed: int, cursor: int, purpose: int) -> int:
+    """Base seed of one batch of requests (request j uses base + j): a 48-bit hash of the run
+    seed, the data cursor and the purpose (training, eval accuracy, eval KL), so batches never
+    share seeds and a resumed run draws exactly what the uninterrupted run drew."""
+    digest = hashlib.sha256(f"{run_seed}:{cursor}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:6], "little")
 
 
 class _FlopsSteps:

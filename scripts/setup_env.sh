@@ -21,14 +21,14 @@ pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" torch==2.13.0
 "${pip[@]}" -c requirements/constraints.txt -r requirements/sglang-cpu.txt
 "${pip[@]}" -c requirements/constraints.txt --no-deps sglang==0.5.23
-if [ -d shims/sgl_kernel ] && ! "$VENV/bin/python" -c "import torch,sys; sys.exit(torch.cuda.is_available())"; then
-  :
-else
-  :
+if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  # CPU only: SGLang's kernel package and PyPI's torchvision need the stand-ins in shims/
+  # (see shims/README.md); never installed on a GPU machine.
+  "${pip[@]}" --no-deps ./shims/sgl_kernel ./shims/torchvision_cpu_ops
+  "${pip[@]}" --no-deps -c requirements/constraints.txt torchvision==0.28.0
+  rm -rf shims/*/build shims/*/*.egg-info
 fi
 "${pip[@]}" -c requirements/constraints.txt -e ".[test]"
-# PyPI's torchvision is linked against CUDA torch and breaks transformers' imports.
-"$VENV/bin/python" -m pip uninstall -q -y torchvision 2>/dev/null || true
 rm -f "$VENV"/.opd-setup-*
 touch "$stamp"
 echo "setup: done"

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# The shared SGLang servers (student, teacher, ...) of the engine and loop tests: one start each.
+pytest_plugins = ["tests.engines_fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 os.environ.setdefault("PYTHONHASHSEED", "0")

@@ -44,8 +44,10 @@ def generate_payload(prompt_ids: List[int], *, samples_per_prompt: int, max_new_
     if ignore_eos:
         params["ignore_eos"] = True  # fixed-length responses (benchmarks, tests)
     if seed is not None:
-        # Honoured by SGLang only with --enable-deterministic-inference (GPU attention
-        # backends); on CPU sampling follows the server's --random-seed.
+        # Honoured by SGLang with --enable-deterministic-inference (GPU attention backends)
+        # and, on CPU, by the sgl_kernel shim's seeded sampling (OPD_SGLANG_SEEDED_SAMPLING=1,
+        # set by the launcher): the sample is then fixed by (seed, position), whatever the
+        # batch or the server's history.
         params["sampling_seed"] = seed
     return {"input_ids": prompt_ids, "sampling_params": params, "return_logprob": True}
 

@@ -1,0 +1,297 @@
+"""Start, health-check and stop the SGLang servers of a run (and sglang-router in front).
+
+Each server is its own process group (``start_new_session``), logs to
+``{log_dir}/{role}-{i}.log`` and is stopped by its PID's group: SIGTERM, then SIGKILL after a
+grace period, never by process name. Several student servers go behind ``sglang-router`` for
+data-parallel rollouts; weight updates bypass the router (it does not forward them) and go to
+``EngineGroup.server_urls``. When a role has ``urls`` set, nothing is launched.
+
+CPU mode (no GPU, tests and the toy recipe) adds what these machines need, measured in
+/work/shared/notes/cpu-stack.md: ``--device cpu``, ``SGLANG_USE_CPU_ENGINE=1`` (else rotary
+embedding imports vllm), ``--max-total-tokens`` (the default KV cache takes ~15 GB RAM),
+``--sleep-on-idle`` (else the idle scheduler spins a core) and an explicit ``--dtype`` (``auto``
+serves an fp32 checkpoint in float16 on CPU). It also needs the two CPU shims in shims/.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from opd_megatron.config.schema import EngineRoleConfig, EnginesConfig, ModelConfig
+from opd_megatron.engines.http import EngineUnavailable
+from opd_megatron.errors import ConfigError
+
+
+@dataclass
+class ServerProcess:
+    """One process we started (an SGLang server or the router)."""
+
+    name: str
+    url: str
+    log_path: Path
+    process: subprocess.Popen
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """SIGTERM the process group (server + its scheduler/detokenizer), then SIGKILL."""
+        if not self.alive():
+            return
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # children that outlived the leader are still in its group
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class EngineGroup:
+    """The servers of one role. ``url`` is where requests go; ``server_urls`` each server."""
+
+    role: str
+    server_urls: List[str]
+    url: str
+    processes: List[ServerProcess] = field(default_factory=list)
+
+    @property
+    def request_urls(self) -> List[str]:
+        """URLs for generate/score: the router if there is one, else every server."""
+        return [self.url] if self.url not in self.server_urls else list(self.server_urls)
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+
+
+def resolve_device(engines: EnginesConfig) -> str:
+    if engines.device != "auto":
+        return engines.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_server_command(model: ModelConfig, role: EngineRoleConfig, *, host: str, port: int,
+                         device: str, seed: int, api_key: Optional[str] = None) -> List[str]:
+    """The ``python -m sglang.launch_server`` argv for one server of a role.
+
+    SGLang reads its API key only from ``--api-key``; the logged copy of the command has it
+    redacted (see ``start_process``).
+    """
+    cmd = [sys.executable, "-m", "sglang.launch_server",
+           "--model-path", model.path, "--tokenizer-path", model.tokenizer or model.path,
+           "--host", host, "--port", str(port), "--tp-size", str(role.tp),
+           "--dtype", role.dtype, "--max-total-tokens", str(role.max_total_tokens),
+           "--random-seed", str(seed)]
+    if device == "cpu":
+        cmd += ["--device", "cpu", "--sleep-on-idle"]
+    else:
+        cmd += ["--mem-fraction-static", str(role.mem_fraction)]
+    if api_key:
+        cmd += ["--api-key", api_key]
+    return cmd + list(role.extra_args)
+
+
+def server_env(device: str) -> Dict[str, str]:
+    env = dict(os.environ)
+    if device == "cpu":
+        env["SGLANG_USE_CPU_ENGINE"] = "1"
+        env["OPD_SGLANG_SEEDED_SAMPLING"] = "1"  # shims/sgl_kernel: per-request seeds on CPU
+    return env
+
+
+def redacted(cmd: List[str]) -> str:
+    """The command as text with the value after ``--api-key`` hidden (logs are shared)."""
+    shown = list(cmd)
+    for i, arg in enumerate(shown[:-1]):
+        if arg == "--api-key":
+            shown[i + 1] = "***"
+    return " ".join(shown)
+
+
+def build_router_command(worker_urls: List[str], *, host: str, port: int) -> List[str]:
+    return [sys.executable, "-m", "sglang_router.launch_router", "--host", host,
+            "--port", str(port), "--policy", "round_robin", "--worker-urls", *worker_urls]
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"engines.base_port: port {port} on {host} is in use ({exc}); "
+                              "pick another engines.base_port") from exc
+
+
+def validate_role(name: str, model: ModelConfig, role: EngineRoleConfig) -> None:
+    """Fail before any process starts on a path that cannot be served."""
+    if role.urls:
+        return
+    if not model.path or not (Path(model.path) / "config.json").is_file():
+        raise ConfigError(f"{name}.path: '{model.path}' is not an HF model directory "
+                          "(no config.json); set it or build the model first")
+    if role.num_servers < 1:
+        raise ConfigError(f"engines.{name}.num_servers must be >= 1, got {role.num_servers}")
+
+
+def check_cpu_stack() -> None:
+    """SGLang on CPU imports two packages PyPI has no CPU build of: fail before launching."""
+    import importlib.util
+
+    needs = (("sgl_kernel", "shims/sgl_kernel"),
+             ("torchvision", "torchvision==0.28.0 --no-deps + shims/torchvision_cpu_ops"))
+    for module, what in needs:
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"engines.device=cpu: SGLang needs '{module}' here ({what}; see "
+                              "shims/README.md); run scripts/setup_env.sh")
+
+
+def check_gpu_stack() -> None:
+    """The CPU shims shadow real packages; on a GPU machine they must not be installed."""
+    import importlib.metadata
+
+    for dist in ("sgl-kernel-cpu-shim", "opd-torchvision-cpu-ops"):
+        try:
+            importlib.metadata.distribution(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        raise ConfigError(f"engines.device=cuda but the CPU-only shim '{dist}' is installed; "
+                          f"pip uninstall {dist} and install the real sglang-kernel/torchvision")
+
+
+def _health_ok(url: str, timeout_s: float) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=timeout_s) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_healthy(proc: ServerProcess, *, timeout_s: float, poll_s: float = 1.0) -> None:
+    """Block until ``GET /health`` answers 200; fail fast if the process exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            tail = _log_tail(proc.log_path)
+            raise EngineUnavailable(f"{proc.name} ({proc.url}, pid {proc.pid}) exited with code "
+                                    f"{proc.process.returncode} during startup; log "
+                                    f"{proc.log_path}:\n{tail}")
+        if _health_ok(proc.url, timeout_s=2.0):
+            return
+        time.sleep(poll_s)
+    proc.stop()
+    raise EngineUnavailable(f"{proc.name} ({proc.url}) not healthy after {timeout_s:g} s "
+                            f"(engines.startup_timeout_s); log {proc.log_path}")
+
+
+def _log_tail(path: Path, num_lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-num_lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start_process(name: str, cmd: List[str], url: str, log_dir: Path,
+                  env: Dict[str, str]) -> ServerProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        log.write(("$ " + redacted(cmd) + "\n").encode())
+        log.flush()
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    return ServerProcess(name=name, url=url, log_path=log_path, process=process)
+
+
+def launch_role(name: str, model: ModelConfig, role: EngineRoleConfig, engines: EnginesConfig,
+                log_dir: str | Path, *, first_port: int, seed: int = 0,
+                use_router: bool = False) -> EngineGroup:
+    """Start ``role.num_servers`` servers (and a router when asked); wait until healthy."""
+    if role.urls:
+        urls = [u.rstrip("/") for u in role.urls]
+        return EngineGroup(role=name, server_urls=urls, url=urls[0])
+    validate_role(name, model, role)
+    device = resolve_device(engines)
+    if device == "cpu":
+        check_cpu_stack()
+    else:
+        check_gpu_stack()
+    api_key = os.environ.get(engines.api_key_env) if engines.api_key_env else None
+    ports = list(range(first_port, first_port + role.num_servers + int(use_router)))
+    for port in ports:
+        check_port_free(engines.host, port)
+    group = EngineGroup(role=name, server_urls=[], url="")
+    try:
+        for i, port in enumerate(ports[:role.num_servers]):
+            url = f"http://{engines.host}:{port}"
+            cmd = build_server_command(model, role, host=engines.host, port=port,
+                                       device=device, seed=seed + i, api_key=api_key)
+            group.processes.append(start_process(f"{name}-{i}", cmd, url, Path(log_dir),
+                                                 server_env(device)))
+            group.server_urls.append(url)
+        for proc in group.processes:
+            wait_healthy(proc, timeout_s=engines.startup_timeout_s)
+        group.url = group.server_urls[0]
+        if use_router and role.num_servers > 1:
+            router_url = f"http://{engines.host}:{ports[-1]}"
+            cmd = build_router_command(group.server_urls, host=engines.host, port=ports[-1])
+            router = start_process(f"{name}-router", cmd, router_url, Path(log_dir),
+                                   dict(os.environ))
+            group.processes.append(router)
+            wait_healthy(router, timeout_s=engines.startup_timeout_s)
+            group.url = router_url
+    except BaseException:
+        group.stop()
+        raise
+    return group
+
+
+def launch_engines(student: ModelConfig, teacher: Optional[ModelConfig], engines: EnginesConfig,
+                   log_dir: str | Path, *, seed: int = 0) -> Dict[str, EngineGroup]:
+    """Student servers (ports from ``engines.base_port``), then teacher servers after them.
+
+    ``teacher=None`` (e.g. objective.teacher_backend=megatron or sft) starts no teacher.
+    """
+    validate_role("student", student, engines.student)
+    if teacher is not None:
+        validate_role("teacher", teacher, engines.teacher)
+    groups: Dict[str, EngineGroup] = {}
+    num_student_ports = engines.student.num_servers + 1  # +1 keeps room for the router
+    try:
+        groups["student"] = launch_role("student", student, engines.student, engines, log_dir,
+                                        first_port=engines.base_port, seed=seed,
+                                        use_router=engines.router)
+        if teacher is not None:
+            groups["teacher"] = launch_role("teacher", teacher, engines.teacher, engines,
+                                            log_dir, first_port=engines.base_port
+                                            + num_student_ports, seed=seed + 1000)
+    except BaseException:
+        for group in groups.values():
+            group.stop()
+        raise
+    return groups

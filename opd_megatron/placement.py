@@ -1,0 +1,380 @@
+"""Which node runs what: teacher SGLang servers, student servers (+ router), the learner.
+
+Pure python (no torch, megatron or sglang import), so ``opd validate`` and the sbatch script
+can call it before anything starts:
+
+    plan(cfg, nodes) -> Placement        raises ConfigError naming the key when it does not fit
+    format_plan(placement) -> str        the human-readable plan ``opd validate`` prints
+    shell_exports(placement) -> str      ``eval``-able OPD_* variables for slurm/opd.sbatch
+
+Nodes are taken in order: the first ``cluster.teacher_nodes`` for teacher servers, then
+``cluster.student_nodes`` for student servers, then ``cluster.learner_nodes`` for the learner
+(one torchrun per node, MASTER_ADDR = the first learner node). A role with 0 dedicated nodes
+shares the learner's. Servers are spread round-robin over their role's nodes and, on GPUs,
+take ``tp`` GPUs each; the learner gets the GPUs left on its nodes. Ports are unique per job
+(not per node; laid out like the engines launcher's), so fake nodes sharing one host (launch/local_slurm.sh) never collide.
+
+The memory check is an estimate from the parameter count (HF config.json when readable, else
+``QWEN3_SHAPES[model.flops_name]``): server weights per GPU at the server's TP against
+``mem_fraction`` of the GPU, learner weights + grads + Adam state per GPU at tp*pp (optimizer
+state sharded over dp with the distributed optimizer), activations excluded. CPU profiles
+(gpus_per_node 0) skip GPU and memory checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from opd_megatron.config.schema import Config, EngineRoleConfig, ModelConfig
+from opd_megatron.errors import ConfigError
+
+GIB = 1024**3
+BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2}
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs" / "clusters"
+"""Cluster profiles shipped with the repo; ``OPD_CLUSTER_DIR`` points elsewhere."""
+
+_QWEN3_COMMON = dict(vocab_size=151936, head_dim=128, num_key_value_heads=8)
+QWEN3_SHAPES: Dict[str, Dict[str, Any]] = {
+    "qwen3-0.6b": dict(_QWEN3_COMMON, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                       num_attention_heads=16, tie_word_embeddings=True),
+    "qwen3-1.7b": dict(_QWEN3_COMMON, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                       num_attention_heads=16, tie_word_embeddings=True),
+    "qwen3-4b": dict(_QWEN3_COMMON, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                     num_attention_heads=32, tie_word_embeddings=True),
+    "qwen3-8b": dict(_QWEN3_COMMON, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                     num_attention_heads=32, tie_word_embeddings=False),
+    "qwen3-14b": dict(_QWEN3_COMMON, hidden_size=5120, intermediate_size=17408, num_hidden_layers=40,
+                      num_attention_heads=40, tie_word_embeddings=False),
+    "qwen3-32b": dict(_QWEN3_COMMON, hidden_size=5120, intermediate_size=25600, num_hidden_layers=64,
+                      num_attention_heads=64, tie_word_embeddings=False),
+}
+"""Qwen3 dense shapes as HF config.json fields (published configs); -base variants share them."""
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    """Where a run executes (configs/clusters/<name>.yaml); never what it trains."""
+
+    name: str
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    gpus_per_node: int = 0
+    gpu_memory_gib: float = 0.0
+    """Memory of one GPU, for the plan's memory estimate."""
+    container_image: Optional[str] = None
+    """Pyxis/enroot image for ``srun --container-image``; None runs on the host."""
+    container_mounts: Tuple[str, ...] = ()
+    env: Dict[str, str] = field(default_factory=dict)
+    """Exported in every process of the job (NCCL settings, caches)."""
+    bind_host: str = "127.0.0.1"
+    """Address SGLang servers bind to; 0.0.0.0 where other nodes must reach them."""
+    srun_args: Tuple[str, ...] = ()
+    """Extra flags for every srun (e.g. --mpi=pmix)."""
+
+
+def load_profile(name: str) -> ClusterProfile:
+    """Read a profile by name; unknown names and keys fail naming ``cluster.profile``."""
+    root = Path(os.environ.get("OPD_CLUSTER_DIR", PROFILE_DIR))
+    path = root / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in root.glob("*.yaml"))
+        raise ConfigError(f"cluster.profile: no profile {name!r} in {root}; known: {', '.join(known)}")
+    data = yaml.safe_load(path.read_text()) or {}
+    allowed = set(ClusterProfile.__dataclass_fields__) - {"name"}
+    unknown = sorted(set(data) - allowed - {"description"})
+    if unknown:
+        raise ConfigError(f"cluster.profile: {path} has unknown keys {unknown}; allowed: {sorted(allowed)}")
+    data.pop("description", None)
+    for key in ("container_mounts", "srun_args"):
+        data[key] = tuple(data.get(key) or ())
+    data["env"] = {str(k): str(v) for k, v in (data.get("env") or {}).items()}
+    return ClusterProfile(name=name, **data)
+
+
+@dataclass(frozen=True)
+class Server:
+    role: str
+    index: int
+    node: str
+    port: int
+    gpus: Tuple[int, ...]
+    """GPU ids on the node (CUDA_VISIBLE_DEVICES); empty on CPU."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.node}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    what: str
+    gib_per_gpu: float
+    budget_gib: float
+
+
+@dataclass(frozen=True)
+class Placement:
+    nodes: Tuple[str, ...]
+    profile: ClusterProfile
+    teacher: Tuple[Server, ...]
+    """Empty when the teacher runs inside the learner (objective.teacher_backend=megatron)."""
+    student: Tuple[Server, ...]
+    router: Optional[Server]
+    learner_nodes: Tuple[str, ...]
+    learner_procs_per_node: int
+    learner_gpus: Tuple[int, ...]
+    """GPU ids the learner uses on each of its nodes (the same on every node)."""
+    master_port: int
+    memory: Tuple[MemoryEstimate, ...] = ()
+
+    @property
+    def master_addr(self) -> str:
+        return self.learner_nodes[0]
+
+    @property
+    def student_url(self) -> str:
+        """What the loop samples from: the router when there is one, else the servers."""
+        return self.router.url if self.router else ",".join(s.url for s in self.student)
+
+
+def model_shape(model: ModelConfig) -> Optional[Dict[str, Any]]:
+    """HF config fields of a model: its config.json when readable, else its named Qwen3 shape."""
+    cfg_file = Path(model.path) / "config.json" if model.path else None
+    if cfg_file is not None and cfg_file.is_file():
+        try:
+            return json.loads(cfg_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+    name = (model.flops_name or "").lower().removesuffix("-base")
+    return QWEN3_SHAPES.get(name)
+
+
+def num_params(shape: Dict[str, Any]) -> int:
+    """Stored parameters of a dense Qwen3/Llama-style decoder (8.19e9 for Qwen3-8B)."""
+    d, heads = shape["hidden_size"], shape["num_attention_heads"]
+    head_dim = shape.get("head_dim") or d // heads
+    kv = (shape.get("num_key_value_heads") or heads) * head_dim
+    q = heads * head_dim
+    layer = d * q + 2 * d * kv + q * d + 2 * head_dim + 3 * d * shape["intermediate_size"] + 2 * d
+    embed = shape["vocab_size"] * d
+    return shape["num_hidden_layers"] * layer + d + embed * (1 if shape.get("tie_word_embeddings") else 2)
+
+
+def kv_bytes_per_token(shape: Dict[str, Any], dtype: str) -> int:
+    heads = shape["num_attention_heads"]
+    head_dim = shape.get("head_dim") or shape["hidden_size"] // heads
+    kv_heads = shape.get("num_key_value_heads") or heads
+    return 2 * shape["num_hidden_layers"] * kv_heads * head_dim * BYTES_PER_DTYPE[dtype]
+
+
+def _check_profile(cfg: Config, profile: ClusterProfile) -> None:
+    if profile.gpus_per_node != cfg.cluster.gpus_per_node:
+        raise ConfigError(f"cluster.gpus_per_node: {cfg.cluster.gpus_per_node} but cluster profile "
+                          f"{profile.name!r} has {profile.gpus_per_node} GPUs per node; set "
+                          f"cluster.gpus_per_node={profile.gpus_per_node} or choose another cluster.profile")
+
+
+def _split_nodes(cfg: Config, nodes: Sequence[str]) -> Tuple[List[str], List[str], List[str]]:
+    c = cfg.cluster
+    needed = c.teacher_nodes + c.student_nodes + c.learner_nodes
+    if len(nodes) != needed:
+        raise ConfigError(f"cluster.num_nodes: the roles use {needed} nodes (teacher_nodes {c.teacher_nodes} "
+                          f"+ student_nodes {c.student_nodes} + learner_nodes {c.learner_nodes}) but the "
+                          f"allocation has {len(nodes)} ({' '.join(nodes)}); match sbatch --nodes to them")
+    if len(set(nodes)) != len(nodes):
+        raise ConfigError(f"cluster.num_nodes: node names repeat in {' '.join(nodes)}")
+    teacher = list(nodes[:c.teacher_nodes])
+    student = list(nodes[c.teacher_nodes:c.teacher_nodes + c.student_nodes])
+    learner = list(nodes[c.teacher_nodes + c.student_nodes:])
+    return teacher or learner, student or learner, learner
+
+
+def _place_servers(role: str, role_cfg: EngineRoleConfig, hosts: List[str], free: Dict[str, List[int]],
+                   gpus_per_node: int, first_port: int) -> Tuple[Server, ...]:
+    """Round-robin over the role's nodes; on GPUs each server takes tp of the node's free GPUs."""
+    if gpus_per_node and role_cfg.tp > gpus_per_node:
+        raise ConfigError(f"engines.{role}.tp: {role_cfg.tp} exceeds cluster.gpus_per_node ({gpus_per_node}); "
+                          f"one server must fit on one node")
+    servers = []
+    for i in range(role_cfg.num_servers):
+        node = hosts[i % len(hosts)]
+        gpus: Tuple[int, ...] = ()
+        if gpus_per_node:
+            if len(free[node]) < role_cfg.tp:
+                raise ConfigError(f"engines.{role}.num_servers: {role_cfg.num_servers} servers x tp {role_cfg.tp} "
+                                  f"do not fit on {len(hosts)} node(s) x {gpus_per_node} GPUs "
+                                  f"({', '.join(hosts)}); lower it or add cluster.{role}_nodes")
+            gpus, free[node] = tuple(free[node][:role_cfg.tp]), free[node][role_cfg.tp:]
+        servers.append(Server(role, i, node, first_port + i, gpus))
+    return tuple(servers)
+
+
+def _learner_layout(cfg: Config, learner: List[str], free: Dict[str, List[int]]) -> Tuple[int, Tuple[int, ...]]:
+    p, c = cfg.parallel, cfg.cluster
+    world = p.tp * p.pp * p.dp
+    if not c.gpus_per_node:
+        if world % len(learner):
+            raise ConfigError(f"parallel: tp*pp*dp = {world} is not divisible by cluster.learner_nodes "
+                              f"({len(learner)}); one torchrun per node needs equal processes per node")
+        return world // len(learner), ()
+    counts = {n: len(free[n]) for n in learner}
+    if len(set(counts.values())) > 1:
+        raise ConfigError(f"cluster.learner_nodes: servers leave unequal GPUs on the learner's nodes {counts}; "
+                          f"give the servers dedicated nodes (cluster.student_nodes / cluster.teacher_nodes)")
+    per_node = counts[learner[0]]
+    if world != per_node * len(learner):
+        raise ConfigError(f"parallel: tp*pp*dp = {p.tp}*{p.pp}*{p.dp} = {world} must equal the learner's "
+                          f"free GPUs ({len(learner)} node(s) x {per_node} after co-located servers)")
+    if p.tp > per_node:
+        raise ConfigError(f"parallel.tp: {p.tp} exceeds the learner's GPUs per node ({per_node}); "
+                          f"keep tensor parallelism inside a node")
+    return per_node, tuple(free[learner[0]])
+
+
+def _server_memory(cfg: Config, role: str, profile: ClusterProfile) -> Optional[MemoryEstimate]:
+    role_cfg: EngineRoleConfig = getattr(cfg.engines, role)
+    shape = model_shape(getattr(cfg, role))
+    if shape is None:
+        return None
+    weights = num_params(shape) * BYTES_PER_DTYPE[role_cfg.dtype] / role_cfg.tp / GIB
+    budget = role_cfg.mem_fraction * profile.gpu_memory_gib
+    if weights >= budget:
+        raise ConfigError(f"engines.{role}.tp: {role} weights need ~{weights:.1f} GiB per GPU at tp {role_cfg.tp}, "
+                          f"over engines.{role}.mem_fraction x {profile.gpu_memory_gib:g} GiB = {budget:.1f} GiB "
+                          f"(profile {profile.name}); raise engines.{role}.tp")
+    kv_tokens = int((budget - weights) * GIB / (kv_bytes_per_token(shape, role_cfg.dtype) / role_cfg.tp))
+    longest = max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens)
+    if kv_tokens < longest:
+        raise ConfigError(f"engines.{role}.tp: at tp {role_cfg.tp} the {role}'s KV cache has room for ~{kv_tokens} "
+                          f"tokens, less than one {longest}-token response (rollout/eval max_new_tokens); "
+                          f"raise engines.{role}.tp or engines.{role}.mem_fraction")
+    what = (f"{role} server tp{role_cfg.tp}: weights {weights:.1f} GiB, KV room ~{kv_tokens} tokens "
+            f"(max_total_tokens {role_cfg.max_total_tokens})")
+    return MemoryEstimate(what, weights, budget)
+
+
+def _learner_memory(cfg: Config, profile: ClusterProfile) -> Optional[MemoryEstimate]:
+    """bf16/fp16: 2 B weights + 4 B fp32 main grads + 12 B fp32 master + Adam moments per param."""
+    p = cfg.parallel
+    shape = model_shape(cfg.student)
+    if shape is None:
+        return None
+    weight_bytes = BYTES_PER_DTYPE[cfg.student.dtype]
+    master_bytes = 12 if weight_bytes < 4 else 8
+    optim_bytes = master_bytes / p.dp if p.distributed_optimizer else master_bytes
+    per_param = weight_bytes + 4 + optim_bytes
+    gib = num_params(shape) * per_param / (p.tp * p.pp) / GIB
+    if cfg.objective.teacher_backend == "megatron":
+        teacher = model_shape(cfg.teacher)
+        if teacher is not None:
+            gib += num_params(teacher) * BYTES_PER_DTYPE[cfg.teacher.dtype] / (p.tp * p.pp) / GIB
+    budget = 0.9 * profile.gpu_memory_gib
+    if gib >= budget:
+        raise ConfigError(f"parallel.tp: the learner needs ~{gib:.1f} GiB per GPU at tp*pp = {p.tp * p.pp} "
+                          f"(weights + grads + Adam, activations excluded), over 0.9 x {profile.gpu_memory_gib:g} "
+                          f"GiB (profile {profile.name}); raise parallel.tp/pp or set parallel.distributed_optimizer")
+    return MemoryEstimate(f"learner tp{p.tp} pp{p.pp} dp{p.dp}: weights+grads+Adam {gib:.1f} GiB "
+                          f"(activations excluded)", gib, budget)
+
+
+def needs_teacher_servers(cfg: Config) -> bool:
+    """Teacher SGLang servers run unless the teacher lives in the learner or is not used at all
+    (the same rule as opd_megatron.session, which launches them for ``opd run``)."""
+    o = cfg.objective
+    if not cfg.teacher.path or (o.teacher_backend == "megatron" and o.method != "sft"):
+        return False
+    return not (o.method == "sft" and getattr(cfg.data, "sft_targets", "teacher") == "reference")
+
+
+def _check_weight_sync(cfg: Config, student: Sequence[Server], learner: Sequence[str]) -> None:
+    if cfg.engines.weight_sync == "tensor" and any(s.node not in learner for s in student):
+        raise ConfigError("engines.weight_sync: 'tensor' needs the student servers on the learner's nodes "
+                          "(cluster.student_nodes=0); use disk (shared filesystem) or distributed (NCCL)")
+
+
+def plan(cfg: Config, nodes: Sequence[str]) -> Placement:
+    """Place every role on ``nodes`` (Slurm's node list, in order). Raises ConfigError."""
+    profile = load_profile(cfg.cluster.profile)
+    _check_profile(cfg, profile)
+    gpus_per_node = cfg.cluster.gpus_per_node
+    t_hosts, s_hosts, learner = _split_nodes(cfg, nodes)
+    free = {n: list(range(gpus_per_node)) for n in nodes}
+    e = cfg.engines
+    # Ports as opd_megatron.engines.launcher lays them out: students (+1 kept for the router),
+    # then teachers, so a job and a plain `opd run` use the same ones.
+    student = _place_servers("student", e.student, s_hosts, free, gpus_per_node, e.base_port)
+    router = None
+    if e.router and len(student) > 1:
+        router = Server("router", 0, s_hosts[0], e.base_port + len(student), ())
+    teacher_port = e.base_port + len(student) + 1
+    teacher = () if not needs_teacher_servers(cfg) else _place_servers("teacher", e.teacher, t_hosts, free,
+                                                                       gpus_per_node, teacher_port)
+    next_port = teacher_port + len(teacher)
+    _check_weight_sync(cfg, student, learner)
+    per_node, learner_gpus = _learner_layout(cfg, learner, free)
+    memory: List[MemoryEstimate] = []
+    if gpus_per_node:
+        for role in ("teacher",) * bool(teacher) + ("student",):
+            est = _server_memory(cfg, role, profile)
+            memory += [est] if est else []
+        est = _learner_memory(cfg, profile)
+        memory += [est] if est else []
+    return Placement(tuple(nodes), profile, teacher, student, router, tuple(learner), per_node,
+                     learner_gpus, next_port, tuple(memory))
+
+
+def format_plan(p: Placement) -> str:
+    """One line per role and node; memory estimates last."""
+    def servers(role: str, group: Sequence[Server]) -> List[str]:
+        return [f"  {role} server {s.index}: {s.node}:{s.port}" + (f" gpus {','.join(map(str, s.gpus))}" if s.gpus else "")
+                for s in group]
+
+    gpus = f", {p.profile.gpus_per_node} GPUs/node" if p.profile.gpus_per_node else ", CPU"
+    lines = [f"placement on {len(p.nodes)} node(s) ({' '.join(p.nodes)}), profile {p.profile.name}{gpus}:"]
+    lines += servers("teacher", p.teacher) or ["  teacher: inside the learner (no servers)"]
+    lines += servers("student", p.student)
+    if p.router:
+        lines.append(f"  student router: {p.router.node}:{p.router.port} -> {len(p.student)} servers")
+    lines.append(f"  learner: {len(p.learner_nodes)} node(s) ({' '.join(p.learner_nodes)}) x "
+                 f"{p.learner_procs_per_node} process(es), MASTER_ADDR={p.master_addr}:{p.master_port}")
+    lines += [f"  memory: {m.what} (budget {m.budget_gib:.1f} GiB/GPU)" for m in p.memory]
+    return "\n".join(lines)
+
+
+def shell_exports(p: Placement) -> str:
+    """OPD_* variables for ``eval`` in slurm/opd.sbatch (values shell-quoted).
+
+    Per role R in TEACHER/STUDENT: OPD_R_NODES, OPD_R_PORTS, OPD_R_GPUS (one comma list per
+    server, space separated), OPD_R_URLS (comma separated, the form of engines.R.urls).
+    """
+    def var(name: str, value: Any) -> str:
+        return f"{name}={shlex.quote(str(value))}"
+
+    out = [var("OPD_NODES", " ".join(p.nodes))]
+    for role, group in (("TEACHER", p.teacher), ("STUDENT", p.student)):
+        out += [var(f"OPD_{role}_NODES", " ".join(s.node for s in group)),
+                var(f"OPD_{role}_PORTS", " ".join(str(s.port) for s in group)),
+                var(f"OPD_{role}_GPUS", " ".join(",".join(map(str, s.gpus)) or "-" for s in group)),
+                var(f"OPD_{role}_URLS", ",".join(s.url for s in group))]
+    out += [var("OPD_ROUTER_NODE", p.router.node if p.router else ""),
+            var("OPD_ROUTER_PORT", p.router.port if p.router else ""),
+            var("OPD_ROUTER_URL", p.router.url if p.router else ""),
+            var("OPD_LEARNER_NODES", ",".join(p.learner_nodes)),
+            var("OPD_LEARNER_NUM_NODES", len(p.learner_nodes)),
+            var("OPD_LEARNER_PROCS_PER_NODE", p.learner_procs_per_node),
+            var("OPD_LEARNER_GPUS", ",".join(map(str, p.learner_gpus))),
+            var("OPD_MASTER_ADDR", p.master_addr),
+            var("OPD_MASTER_PORT", p.master_port),
+            var("OPD_BIND_HOST", p.profile.bind_host),
+            var("OPD_CONTAINER_IMAGE", p.profile.container_image or ""),
+            var("OPD_CONTAINER_MOUNTS", ",".join(p.profile.container_mounts)),
+            var("OPD_SRUN_ARGS", " ".join(p.profile.srun_args))]
+    out += [f"export {var(k, v)}" for k, v in sorted(p.profile.env.items())]
+    return "\n".join(out) + "\n"

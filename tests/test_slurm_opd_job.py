@@ -1,0 +1,143 @@
+"""`sbatch --wait slurm/opd_qwen3.sh` on the local two-node cluster with the tiny CPU recipe:
+teacher server on n1, student server and learner on n2, real SGLang and Megatron; and
+preemption: USR1 mid-run -> checkpoint -> requeue -> resume -> the same final weights.
+
+    flock /tmp/opd-heavy.lock .venv/bin/pytest -q tests/test_slurm_opd_job.py   (~5 min on 2 cores)
+
+The models are random tiny checkpoints (``tiny-random:*`` prepare) so no SFT run is needed;
+the runs are shortened by overrides; everything else is recipes/opd-tiny-cpu.yaml.
+
+``rollout.top_k=1``: SGLang's CPU sampler ignores per-request seeds (``sampling_seed`` is
+honoured only with --enable-deterministic-inference, which rejects the CPU attention backend
+'intel_amx'), and a restarted server's sampler RNG cannot continue where the old one stopped.
+With top-1 sampling the rollouts are fixed by the weights, so equal final weights test what
+the Slurm path must guarantee: checkpoint, requeue, restore (model, optimizer, RNG, data
+cursor) and re-sync of the restarted student server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from tests.slurm_fixtures import REPO, job_info, sbatch, slurm_cluster, wait_for_job  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+NUM_STEPS = 8
+JOB_TIMEOUT_S = 900
+BASE_PORT = 34600  # away from the engines tests' ports; both fake nodes share this host
+
+if not (REPO / "opd_megatron" / "loop.py").is_file():
+    pytest.skip("needs `opd run` (opd_megatron/loop.py, the lead's loop) to run the job's learner",
+                allow_module_level=True)
+
+
+def job_overrides(root: Path, name: str) -> List[str]:
+    return [f"run.output_dir={root}/runs", f"run.name={name}", "run.quiet=true",
+            "cluster.num_nodes=2", "cluster.teacher_nodes=1",
+            f"student.path={root}/models/student", "student.prepare=tiny-random:student",
+            f"teacher.path={root}/models/teacher", "teacher.prepare=tiny-random:teacher",
+            f"run.num_steps={NUM_STEPS}", "rollout.prompts_per_step=8", "rollout.top_k=1", "eval.num_prompts=16",
+            "eval.interval=0", "checkpoint.interval=0", "report.plots=false", f"engines.base_port={BASE_PORT}"]
+
+
+def submit(env: Dict[str, str], root: Path, name: str, *, wait: bool):
+    args = ["--nodes=2", "--gpus-per-node=0", "--time=30", f"--output={root}/{name}-%j.out",
+            "slurm/opd_qwen3.sh", *job_overrides(root, name)]
+    extra = {"RECIPE": "recipes/opd-tiny-cpu.yaml", "OPD_PYTHON": sys.executable}
+    return sbatch(env, args, wait=wait, timeout_s=JOB_TIMEOUT_S, extra_env=extra)
+
+
+def job_output(root: Path, name: str) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted(root.glob(f"{name}-*.out")))
+
+
+def read_log(run_dir: Path, pattern: str) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted((run_dir / "logs").glob(pattern)))
+
+
+def final_weights(run_dir: Path) -> Dict[str, object]:
+    from safetensors.torch import load_file
+
+    files = sorted((run_dir / "hf").glob("*.safetensors"))
+    assert files, f"no exported weights in {run_dir / 'hf'}"
+    out: Dict[str, object] = {}
+    for f in files:
+        out.update(load_file(str(f)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def job_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("slurm-opd")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slurm_cluster, job_root) -> Dict[str, object]:
+    job_id, proc = submit(slurm_cluster, job_root, "straight", wait=True)
+    return {"job_id": job_id, "rc": proc.returncode, "stderr": proc.stderr,
+            "run_dir": job_root / "runs" / "straight"}
+
+
+def test_sbatch_wait_runs_the_tiny_recipe_across_two_nodes(uninterrupted, job_root):
+    run_dir: Path = uninterrupted["run_dir"]
+    assert uninterrupted["rc"] == 0, job_output(job_root, "straight") + read_log(run_dir, "slurm-learner-*")[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["completed"] is True and summary["steps"] == NUM_STEPS
+    assert (run_dir / "report.md").is_file() and "opd" in (run_dir / "report.md").read_text().lower()
+    assert "teacher server 0 on n1" in read_log(run_dir, "slurm-teacher-0.r0.log")
+    assert "student server 0 on n2" in read_log(run_dir, "slurm-student-0.r0.log")
+    assert "[learner.sh] node n2: 1 process(es)" in read_log(run_dir, "slurm-learner-*.r0.log")
+    config = (run_dir / "config.yaml").read_text()
+    assert f"http://n1:{BASE_PORT + 2}" in config and f"http://n2:{BASE_PORT}" in config  # external servers used
+
+
+def test_preempted_job_requeues_resumes_and_matches_the_uninterrupted_run(slurm_cluster, job_root, uninterrupted):
+    assert uninterrupted["rc"] == 0, "the uninterrupted reference run failed (see the test above)"
+    job_id, proc = submit(slurm_cluster, job_root, "preempted", wait=False)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = job_root / "runs" / "preempted"
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not _steps_done(run_dir):  # first training step logged: now it is mid-run
+        assert time.monotonic() < deadline, f"no training step after {JOB_TIMEOUT_S} s: {job_info(slurm_cluster, job_id)}"
+        assert job_info(slurm_cluster, job_id).get("JobState") in ("PENDING", "RUNNING"), job_output(job_root, "preempted")
+        time.sleep(0.5)
+    # What Slurm does at --signal=B:USR1@<cluster.signal_s>: USR1 to the batch shell only.
+    subprocess.run(["scancel", "--batch", "--signal=USR1", str(job_id)], env=slurm_cluster, check=True)
+    info = wait_for_job(slurm_cluster, job_id, JOB_TIMEOUT_S)
+    out = job_output(job_root, "preempted")
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", out
+    assert info["Restarts"] == "1", out
+    assert "preempted: checkpoint written; requeueing" in out
+    first, second = read_log(run_dir, "slurm-learner-*.r0.log"), read_log(run_dir, "slurm-learner-*.r1.log")
+    assert "signal 10" in first, first[-2000:]
+    assert "resumed from" in second, second[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["completed"] is True
+    straight, resumed = final_weights(uninterrupted["run_dir"]), final_weights(run_dir)
+    assert straight.keys() == resumed.keys()
+    differing = [k for k in straight if not bool((straight[k] == resumed[k]).all())]
+    assert not differing, f"weights differ after resume: {differing[:5]}"
+
+
+def _steps_done(run_dir: Path) -> bool:
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return False
+    return any(json.loads(line).get("step", 0) >= 1 for line in metrics.read_text().splitlines() if line.strip())
+
+
+def test_bad_override_fails_the_job_with_exit_2_before_any_server_starts(slurm_cluster, job_root):
+    args = ["--nodes=2", "--gpus-per-node=0", "--time=5", f"--output={job_root}/bad-%j.out", "slurm/opd_qwen3.sh",
+            *job_overrides(job_root, "bad"), "rollout.temperature=-1"]
+    job_id, proc = sbatch(slurm_cluster, args, wait=True, timeout_s=120,
+                          extra_env={"RECIPE": "recipes/opd-tiny-cpu.yaml", "OPD_PYTHON": sys.executable})
+    assert proc.returncode == 2
+    assert "rollout.temperature" in job_output(job_root, "bad")
+    assert not (job_root / "runs" / "bad").exists()
