@@ -14,14 +14,14 @@ import torch
 from opd_megatron.evaluation import SamplingParams, arithmetic_benchmark
 from opd_megatron.evaluation.cli import cli_main, engine_generate_fn
 from opd_megatron.models.tiny import build_tokenizer
-from tests.engines_fixtures import engine_models, hf_model, student_server  # noqa: F401
+from tests.engines_helpers import hf_model
 
 pytestmark = pytest.mark.slow  # starts one SGLang server (~30 s)
 
 NUM_PROMPTS, MAX_NEW_TOKENS = 6, 12
 
 
-def test_greedy_eval_through_server_matches_hf(student_server, engine_models, tmp_path, capsys):  # noqa: F811
+def test_greedy_eval_through_server_matches_hf(student_server, engine_models, tmp_path, capsys):
     url = student_server.url
     tok = build_tokenizer()
     generate = engine_generate_fn(url, tok, "none")

@@ -92,6 +92,9 @@ class EngineClient:
 
     async def _post_many(self, path: str, payloads: List[Dict[str, Any]], *,
                          offset: int = 0) -> List[Any]:
+        if path == "/generate" and payloads and all(
+                p["sampling_params"].get("n", 1) == 1 for p in payloads):
+            return await self._post_batched(path, payloads, offset=offset)
         limit = asyncio.Semaphore(self.max_concurrency)
 
         async def one(i: int, payload: Dict[str, Any], session: aiohttp.ClientSession) -> Any:
@@ -101,6 +104,30 @@ class EngineClient:
 
         async with self._session() as session:
             return await asyncio.gather(*(one(i, p, session) for i, p in enumerate(payloads)))
+
+    async def _post_batched(self, path: str, payloads: List[Dict[str, Any]], *,
+                            offset: int = 0) -> List[Any]:
+        """One batched /generate request per server (contiguous chunks, order kept).
+
+        Why: concurrent single requests reach the scheduler in a varying order, so batch
+        composition, and with it the last bits of CPU logprobs, change from run to run; a batch
+        request hands the scheduler the same requests in the same order every time."""
+        num = min(len(self.urls), len(payloads))
+        size = -(-len(payloads) // num)
+        chunks = [payloads[i:i + size] for i in range(0, len(payloads), size)]
+
+        async def one(j: int, chunk: List[Dict[str, Any]], session: aiohttp.ClientSession) -> Any:
+            answer = await post_json(session, self.urls, path, req.batch_payload(chunk), self.policy,
+                                     first_url_index=offset + j, api_key=self.api_key)
+            if not isinstance(answer, list) or len(answer) != len(chunk):
+                raise req.EngineRequestError(f"SGLang server {self.urls[(offset + j) % len(self.urls)]} "
+                                             f"answered a batch of {len(chunk)} with "
+                                             f"{len(answer) if isinstance(answer, list) else 'one'} result(s)")
+            return answer
+
+        async with self._session() as session:
+            answers = await asyncio.gather(*(one(j, c, session) for j, c in enumerate(chunks)))
+        return [a for chunk_answers in answers for a in chunk_answers]
 
     async def apost_each(self, path: str, payload: Dict[str, Any]) -> List[Any]:
         """POST the same body to every URL (weight updates: the router does not pass them)."""

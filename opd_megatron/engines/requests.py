@@ -52,6 +52,21 @@ def generate_payload(prompt_ids: List[int], *, samples_per_prompt: int, max_new_
     return {"input_ids": prompt_ids, "sampling_params": params, "return_logprob": True}
 
 
+BATCH_DEFAULTS = {"return_logprob": False, "logprob_start_len": -1, "top_logprobs_num": 0}
+
+
+def batch_payload(payloads: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Several single /generate bodies (each n=1) as one SGLang batch request (list fields)."""
+    extra = set().union(*(p.keys() for p in payloads)) - {"input_ids", "sampling_params", *BATCH_DEFAULTS}
+    if extra:
+        raise EngineRequestError(f"cannot batch /generate fields {sorted(extra)}")
+    body: Dict[str, Any] = {"input_ids": [p["input_ids"] for p in payloads],
+                            "sampling_params": [p["sampling_params"] for p in payloads]}
+    for key, default in BATCH_DEFAULTS.items():
+        body[key] = [p.get(key, default) for p in payloads]
+    return body
+
+
 def _weight_version(meta: Dict[str, Any]) -> int:
     raw = meta.get("weight_version", "0")
     try:
