@@ -71,18 +71,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _delegate(name: str, rest: List[str]) -> int:
     module = importlib.import_module(DELEGATED[name][0])
-    fn: Callable[[List[str]], int] = getattr(module, "cli_main")
-    return int(fn(rest) or 0)
+    return run_delegated(getattr(module, "cli_main"), rest)
+
+
+def run_delegated(fn: Callable[[List[str]], int], argv: Optional[List[str]] = None) -> int:
+    """Run a subcommand's ``cli_main`` with the CLI's exit-code contract (also what
+    ``python -m opd_megatron.flops`` and friends use)."""
+    try:
+        return int(fn(list(sys.argv[1:] if argv is None else argv)) or 0)
+    except ConfigError as e:
+        print(f"opd: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RuntimeFailure as e:
+        print(f"opd: failed: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:  # their own parsers take every remaining argument
-        try:
-            return _delegate(argv[0], argv[1:])
-        except ConfigError as e:
-            print(f"opd: error: {e}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+        return _delegate(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "validate":

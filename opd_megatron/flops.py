@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from opd_megatron.errors import ConfigError
+from opd_megatron.models.qwen3_shapes import ALIASES as QWEN3_ALIASES
+from opd_megatron.models.qwen3_shapes import QWEN3_SHAPES
 
 ROLES = ("student_sampling", "teacher_sampling", "teacher_scoring", "learner_train",
          "learner_recompute")
@@ -104,25 +106,6 @@ class ModelShape:
         return self.num_layers * self.layer_matmul_params + self.embedding_params
 
 
-# Public HF config.json values (huggingface.co/Qwen/Qwen3-*/blob/main/config.json):
-# hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
-# num_key_value_heads, head_dim, vocab_size, tie_word_embeddings.
-_QWEN3 = {
-    "qwen3-0.6b": (1024, 3072, 28, 16, 8, 128, 151936, True),
-    "qwen3-1.7b": (2048, 6144, 28, 16, 8, 128, 151936, True),
-    "qwen3-4b": (2560, 9728, 36, 32, 8, 128, 151936, True),
-    "qwen3-8b": (4096, 12288, 36, 32, 8, 128, 151936, False),
-    "qwen3-14b": (5120, 17408, 40, 40, 8, 128, 151936, False),
-    "qwen3-32b": (5120, 25600, 64, 64, 8, 128, 151936, False),
-}
-_ALIASES = {"qwen3-8b-base": "qwen3-8b", "qwen3-0.6b-base": "qwen3-0.6b",
-            "qwen3-1.7b-base": "qwen3-1.7b", "qwen3-4b-base": "qwen3-4b",
-            "qwen3-14b-base": "qwen3-14b"}
-NAMED_SHAPES: Dict[str, ModelShape] = {
-    name: ModelShape(*vals, name=name) for name, vals in _QWEN3.items()
-}
-
-
 def shape_from_hf_config(cfg: dict, name: str = "") -> ModelShape:
     """A ModelShape from the dict of an HF config.json (Qwen3 / Llama-style dense models)."""
     if cfg.get("num_experts") or cfg.get("n_routed_experts"):
@@ -140,6 +123,13 @@ def shape_from_hf_config(cfg: dict, name: str = "") -> ModelShape:
     except KeyError as err:
         raise ConfigError(f"{name or 'config.json'}: missing key {err.args[0]!r}; "
                           "pass an HF config.json of a dense decoder model") from None
+
+
+# Named shapes from the one Qwen3 table (opd_megatron/models/qwen3_shapes.py).
+NAMED_SHAPES: Dict[str, ModelShape] = {
+    name: shape_from_hf_config(cfg, name) for name, cfg in QWEN3_SHAPES.items()
+}
+_ALIASES = QWEN3_ALIASES
 
 
 def resolve_shape(name_or_path: str) -> ModelShape:
@@ -391,10 +381,6 @@ def cli_main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
+    from opd_megatron.cli import run_delegated
 
-    try:
-        raise SystemExit(cli_main(sys.argv[1:]))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+    raise SystemExit(run_delegated(cli_main))

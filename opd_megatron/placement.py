@@ -34,28 +34,13 @@ import yaml
 
 from opd_megatron.config.schema import Config, EngineRoleConfig, ModelConfig
 from opd_megatron.errors import ConfigError
+from opd_megatron.models.qwen3_shapes import shape_config
 
 GIB = 1024**3
 BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2}
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs" / "clusters"
 """Cluster profiles shipped with the repo; ``OPD_CLUSTER_DIR`` points elsewhere."""
 
-_QWEN3_COMMON = dict(vocab_size=151936, head_dim=128, num_key_value_heads=8)
-QWEN3_SHAPES: Dict[str, Dict[str, Any]] = {
-    "qwen3-0.6b": dict(_QWEN3_COMMON, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                       num_attention_heads=16, tie_word_embeddings=True),
-    "qwen3-1.7b": dict(_QWEN3_COMMON, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
-                       num_attention_heads=16, tie_word_embeddings=True),
-    "qwen3-4b": dict(_QWEN3_COMMON, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-                     num_attention_heads=32, tie_word_embeddings=True),
-    "qwen3-8b": dict(_QWEN3_COMMON, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                     num_attention_heads=32, tie_word_embeddings=False),
-    "qwen3-14b": dict(_QWEN3_COMMON, hidden_size=5120, intermediate_size=17408, num_hidden_layers=40,
-                      num_attention_heads=40, tie_word_embeddings=False),
-    "qwen3-32b": dict(_QWEN3_COMMON, hidden_size=5120, intermediate_size=25600, num_hidden_layers=64,
-                      num_attention_heads=64, tie_word_embeddings=False),
-}
-"""Qwen3 dense shapes as HF config.json fields (published configs); -base variants share them."""
 
 
 @dataclass(frozen=True)
@@ -152,8 +137,7 @@ def model_shape(model: ModelConfig) -> Optional[Dict[str, Any]]:
             return json.loads(cfg_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None
-    name = (model.flops_name or "").lower().removesuffix("-base")
-    return QWEN3_SHAPES.get(name)
+    return shape_config(model.flops_name or "")
 
 
 def num_params(shape: Dict[str, Any]) -> int:

@@ -308,8 +308,6 @@ def cli_main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(cli_main(sys.argv[1:]))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+    from opd_megatron.cli import run_delegated
+
+    raise SystemExit(run_delegated(cli_main))

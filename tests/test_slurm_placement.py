@@ -16,7 +16,8 @@ import pytest
 
 from opd_megatron.config import load_config
 from opd_megatron.errors import ConfigError
-from opd_megatron.placement import QWEN3_SHAPES, format_plan, load_profile, num_params, plan, shell_exports
+from opd_megatron.models.qwen3_shapes import QWEN3_SHAPES
+from opd_megatron.placement import format_plan, load_profile, num_params, plan, shell_exports
 
 REPO = Path(__file__).resolve().parents[1]
 QWEN3_8B = str(REPO / "recipes/opd-qwen3-8b-to-8b-base-3n8g.yaml")

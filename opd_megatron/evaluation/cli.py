@@ -108,10 +108,6 @@ def cli_main(argv: Sequence[str], generate_fn: Optional[GenerateFn] = None) -> i
 
 
 if __name__ == "__main__":
-    import sys
+    from opd_megatron.cli import run_delegated
 
-    try:
-        raise SystemExit(cli_main(sys.argv[1:]))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+    raise SystemExit(run_delegated(cli_main))

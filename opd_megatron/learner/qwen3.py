@@ -17,27 +17,7 @@ import torch
 
 from opd_megatron.errors import ConfigError
 
-_QWEN3_COMMON = dict(
-    vocab_size=151936, head_dim=128, num_key_value_heads=8, rope_theta=1_000_000.0,
-    rms_norm_eps=1e-6, max_position_embeddings=40960, hidden_act="silu",
-)
-
-QWEN3_SHAPES: Dict[str, Dict[str, Any]] = {
-    "qwen3-0.6b": dict(_QWEN3_COMMON, hidden_size=1024, intermediate_size=3072,
-                       num_hidden_layers=28, num_attention_heads=16, tie_word_embeddings=True),
-    "qwen3-1.7b": dict(_QWEN3_COMMON, hidden_size=2048, intermediate_size=6144,
-                       num_hidden_layers=28, num_attention_heads=16, tie_word_embeddings=True),
-    "qwen3-4b": dict(_QWEN3_COMMON, hidden_size=2560, intermediate_size=9728,
-                     num_hidden_layers=36, num_attention_heads=32, tie_word_embeddings=True),
-    "qwen3-8b": dict(_QWEN3_COMMON, hidden_size=4096, intermediate_size=12288,
-                     num_hidden_layers=36, num_attention_heads=32, tie_word_embeddings=False),
-    "qwen3-14b": dict(_QWEN3_COMMON, hidden_size=5120, intermediate_size=17408,
-                      num_hidden_layers=40, num_attention_heads=40, tie_word_embeddings=False),
-    "qwen3-32b": dict(_QWEN3_COMMON, hidden_size=5120, intermediate_size=25600,
-                      num_hidden_layers=64, num_attention_heads=64, tie_word_embeddings=False),
-}
-"""Name -> the HF ``Qwen3Config`` fields that fix the architecture (from the published
-``config.json`` files). All use GQA with 8 KV heads, head_dim 128, QK-norm, rope theta 1e6."""
+from opd_megatron.models.qwen3_shapes import QWEN3_SHAPES  # noqa: E402  (one table for all)
 
 _REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers",
                     "num_attention_heads", "vocab_size")
