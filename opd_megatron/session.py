@@ -79,7 +79,8 @@ class Session:
         self.prompts = PromptSource(cfg.data, cfg.run.seed)
         method = cfg.objective.method
         sample = self._sample_reference if method == "sft" and cfg.data.sft_targets == "reference" else self._sample
-        score = self._score if method != "sft" and self.teacher_client is not None else None
+        # Only the distillation methods use teacher scores in training (rl's eval still does).
+        score = self._score if method in ("opd", "opd+reward") and self.teacher_client is not None else None
         return Components(cfg=cfg, prompts=self.prompts, sample=sample, score=score, reward=self._reward,
                           learner=self.learner, sync=self._sync, evaluate=self._evaluate,
                           checkpoint=self._checkpoint, flops=_FlopsSteps(self.flops, method, cfg),
