@@ -90,6 +90,12 @@ def run(cfg: Config, recipe: str = "", overrides: Optional[List[str]] = None) ->
         _finish(cfg, run_dir, session, time.perf_counter() - t0, error)
 
 
+def uses_megatron_teacher(cfg: Config) -> bool:
+    """The teacher scores inside the learner's process grid (objective.teacher_backend=megatron)."""
+    return (cfg.objective.teacher_backend == "megatron" and bool(cfg.teacher.path)
+            and cfg.objective.method in ("opd", "opd+reward"))
+
+
 def _follow(cfg: Config) -> int:
     """A learner rank > 0 under torchrun: build the learner, mirror rank 0's calls."""
     from opd_megatron.learner import Learner
@@ -99,9 +105,14 @@ def _follow(cfg: Config) -> int:
         if getattr(cfg, role).path and not Path(getattr(cfg, role).path).exists():
             raise ConfigError(f"{role}.path: {getattr(cfg, role).path} must exist before a multi-process "
                               f"run (run its prepare recipe once in one process first)")
-    learner = Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel, num_steps=cfg.run.num_steps,
-                      seed=cfg.run.seed, sampling_temperature=cfg.rollout.temperature)
-    follow(learner)
+    targets = {"learner": Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel,
+                                  num_steps=cfg.run.num_steps, seed=cfg.run.seed,
+                                  sampling_temperature=cfg.rollout.temperature)}
+    if uses_megatron_teacher(cfg):
+        from opd_megatron.learner import FrozenTeacher
+
+        targets["teacher"] = FrozenTeacher(cfg.teacher, cfg.parallel, seed=cfg.run.seed)
+    follow(targets)
     return 0
 
 

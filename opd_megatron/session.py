@@ -15,8 +15,10 @@ from opd_megatron import rundir
 from opd_megatron.config.schema import Config
 from opd_megatron.data import Prompt, PromptSource, encode_prompt, heldout_prompts
 from opd_megatron.logging_utils import MetricsWriter
-from opd_megatron.spmd import CollectiveLearner, world_size
+from opd_megatron.spmd import Collective, stop_followers, world_size
+from opd_megatron.batching import pack_rollouts
 from opd_megatron.loop import Components, train
+from opd_megatron.runner import uses_megatron_teacher
 from opd_megatron.tasks.arithmetic import is_correct
 from opd_megatron.types import Rollout
 
@@ -71,16 +73,23 @@ class Session:
         learner = Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel,
                           num_steps=cfg.run.num_steps, seed=cfg.run.seed,
                           sampling_temperature=cfg.rollout.temperature)
-        self.learner = CollectiveLearner(learner) if world_size() > 1 else learner
+        self.learner = Collective(learner, "learner") if world_size() > 1 else learner
         if world_size() > 1:
-            self.stack.callback(self.learner.stop_followers)
+            self.stack.callback(stop_followers)
+        self.teacher_score_fn = self._sglang_teacher_score if self.teacher_client is not None else None
+        if uses_megatron_teacher(cfg):
+            from opd_megatron.learner import FrozenTeacher
+
+            teacher = FrozenTeacher(cfg.teacher, cfg.parallel, seed=cfg.run.seed)
+            self.frozen_teacher = Collective(teacher, "teacher") if world_size() > 1 else teacher
+            self.teacher_score_fn = self._megatron_teacher_score
         shape = lambda m: resolve_shape(m.flops_name or m.path)  # noqa: E731
         self.flops = FlopsCounter(shape(cfg.student), shape(cfg.teacher) if cfg.teacher.path else None)
         self.prompts = PromptSource(cfg.data, cfg.run.seed)
         method = cfg.objective.method
         sample = self._sample_reference if method == "sft" and cfg.data.sft_targets == "reference" else self._sample
         # Only the distillation methods use teacher scores in training (rl's eval still does).
-        score = self._score if method in ("opd", "opd+reward") and self.teacher_client is not None else None
+        score = self._score if method in ("opd", "opd+reward") and self.teacher_score_fn is not None else None
         return Components(cfg=cfg, prompts=self.prompts, sample=sample, score=score, reward=self._reward,
                           learner=self.learner, sync=self._sync, evaluate=self._evaluate,
                           checkpoint=self._checkpoint, flops=_FlopsSteps(self.flops, method, cfg),
@@ -117,7 +126,25 @@ class Session:
     def _score(self, rollouts: List[Rollout]) -> None:
         o = self.cfg.objective
         top_k = o.teacher_top_k if o.kl_estimator == "full_vocab" else 0
-        self.teacher_client.score(rollouts, temperature=o.teacher_temperature, top_k=top_k)
+        self.teacher_score_fn(rollouts, temperature=o.teacher_temperature, top_k=top_k)
+
+    def _sglang_teacher_score(self, rollouts: List[Rollout], *, temperature: float, top_k: int) -> None:
+        self.teacher_client.score(rollouts, temperature=temperature, top_k=top_k)
+
+    def _megatron_teacher_score(self, rollouts: List[Rollout], *, temperature: float, top_k: int) -> None:
+        """The frozen teacher inside Megatron fills the same Rollout fields as SGLang scoring."""
+        import torch
+
+        batch = pack_rollouts(rollouts, int(self.tokenizer.pad_token_id or 0))
+        logp_BSV = torch.log_softmax(self.frozen_teacher.logits(batch) / temperature, dim=-1)
+        for b, r in enumerate(rollouts):
+            P, T = len(r.prompt_ids), len(r.response_ids)
+            rows_TV = logp_BSV[b, P:P + T]
+            ids_T = torch.tensor(r.response_ids, dtype=torch.long)
+            r.teacher_logprobs = rows_TV.gather(-1, ids_T[:, None]).squeeze(-1).tolist()
+            if top_k:
+                vals, idx = rows_TV.topk(min(top_k, rows_TV.shape[-1]), dim=-1)
+                r.teacher_topk_ids, r.teacher_topk_logprobs = idx.tolist(), vals.tolist()
 
     def _reward(self, rollouts: List[Rollout]) -> None:
         for ro in rollouts:
@@ -140,12 +167,12 @@ class Session:
     def _reverse_kl(self) -> Optional[float]:
         """Per-token reverse KL of the student to the teacher on held-out T=1 samples
         (mean of logp_student - logp_teacher over sampled tokens: an unbiased estimate)."""
-        if self.teacher_client is None:
+        if self.teacher_score_fn is None:
             return None
         prompts = heldout_prompts(self.cfg.data, min(EVAL_KL_PROMPTS, self.cfg.eval.num_prompts))
         rollouts = self._sample(prompts, client=self.student_client, temperature=1.0, samples=1,
                                 max_new_tokens=self.cfg.eval.max_new_tokens, seed_offset=-2)
-        self.teacher_client.score(rollouts, temperature=1.0, top_k=0)
+        self.teacher_score_fn(rollouts, temperature=1.0, top_k=0)
         num = sum(sum(r.sampler_logprobs) - sum(r.teacher_logprobs) for r in rollouts)
         den = sum(len(r.response_ids) for r in rollouts)
         return num / max(den, 1)

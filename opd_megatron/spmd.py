@@ -2,7 +2,7 @@
 
 Under ``torchrun`` every learner method is collective (all ranks call it with the same
 arguments), while only rank 0 talks to the SGLang servers. Rank 0 wraps its learner in
-``CollectiveLearner``: each call is first broadcast as (method, args) to the other ranks, which
+``Collective``: each call is first broadcast as (method, args) to the other ranks, which
 sit in ``follow`` and make the same call. One process (world size 1) uses the learner directly.
 """
 
@@ -27,31 +27,33 @@ def _broadcast(obj: Any) -> Any:
     return box[0]
 
 
-class CollectiveLearner:
-    """Rank 0's view of the learner: every method call is mirrored on all ranks."""
+class Collective:
+    """Rank 0's view of a collective object (the learner, a frozen teacher): every method call
+    is mirrored on all ranks, where ``follow`` holds the same object under the same key."""
 
-    def __init__(self, learner: Any):
-        self._learner = learner
+    def __init__(self, target: Any, key: str = "learner"):
+        self._target, self._key = target, key
 
     def __getattr__(self, name: str) -> Any:
-        fn = getattr(self._learner, name)
+        fn = getattr(self._target, name)
         if not callable(fn):
             return fn
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            _broadcast((name, args, kwargs))
+            _broadcast((self._key, name, args, kwargs))
             return fn(*args, **kwargs)
 
         return call
 
-    def stop_followers(self) -> None:
-        _broadcast((STOP, (), {}))
+
+def stop_followers() -> None:
+    _broadcast((STOP, STOP, (), {}))
 
 
-def follow(learner: Any) -> None:
-    """Ranks > 0: make every call rank 0 makes, until it says stop."""
+def follow(targets: dict) -> None:
+    """Ranks > 0: make every call rank 0 makes on ``targets[key]``, until it says stop."""
     while True:
-        name, args, kwargs = _broadcast(None)
-        if name == STOP:
+        key, name, args, kwargs = _broadcast(None)
+        if key == STOP:
             return
-        getattr(learner, name)(*args, **kwargs)
+        getattr(targets[key], name)(*args, **kwargs)
