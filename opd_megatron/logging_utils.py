@@ -1,8 +1,8 @@
 """Run logs: stage timers, metrics.jsonl + TensorBoard events, and the live progress line.
 
 Each step appends one JSON object to ``metrics.jsonl`` (schema in opd_megatron.report) and the
-same scalars to TensorBoard. The progress display uses rich when attached to a terminal and
-``run.quiet`` is false; otherwise one plain line per logged step.
+same scalars to TensorBoard. The progress display is a rich live bar (step, reverse KL, accuracy,
+tokens/s, ETA) on a terminal unless ``run.quiet``; otherwise one plain line per logged step.
 """
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ class MetricsWriter:
         self.path = run_dir / "metrics.jsonl"
         self.num_steps, self.quiet = num_steps, quiet or not sys.stdout.isatty()
         self.t0 = time.perf_counter()
+        self._progress = None
+        if not self.quiet:  # a live bar on a terminal; plain lines in logs and under run.quiet
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(),
+                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+            self._task = self._progress.add_task("train", total=num_steps, info="")
+            self._progress.start()
         self._tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -61,7 +69,12 @@ class MetricsWriter:
                 if isinstance(v, (int, float)) and k != "step":
                     self._tb.add_scalar(k, v, step)
             self._tb.flush()
-        if print_line:
+        if self._progress is not None:
+            info = " | ".join(self._line(record).split(" | ")[1:-1])
+            self._progress.update(self._task, completed=step, info=info)
+            if print_line and "accuracy" in record:
+                self._progress.console.print(self._line(record))
+        elif print_line:
             print(self._line(record), flush=True)
 
     def _line(self, r: Dict) -> str:
@@ -79,8 +92,12 @@ class MetricsWriter:
         return " | ".join(parts)
 
     def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
 
 
 def _flatten(d: Dict, prefix: str = "") -> Dict:

@@ -208,6 +208,7 @@ class Session:
         from opd_megatron.runner import EXIT_PREEMPTED
 
         c = self.components = self._build()
+        self.stack.callback(c.log.close)  # stop the live display also when the run fails
         self._resume(c)
         if self.start_step > 0 or self.cfg.engines.student.urls:
             # Servers started elsewhere (or before a requeue) may hold other weights.
