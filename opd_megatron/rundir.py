@@ -86,3 +86,6 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
                   and p.name[len(CHECKPOINT_PREFIX):].isdigit())
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    # Temp directories of writes that were killed half-way (never renamed into place).
+    for stale in ckpt_root.glob(f".{CHECKPOINT_PREFIX}*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
