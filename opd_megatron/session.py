@@ -6,6 +6,7 @@ Kept apart from the loop so the loop reads top to bottom and this file holds the
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,6 +23,9 @@ from opd_megatron.runner import uses_megatron_teacher
 from opd_megatron.tasks.arithmetic import is_correct
 from opd_megatron.types import Rollout
 
+FAULT_NAN_TEACHER_ENV = "OPD_FAULT_NAN_TEACHER_AT"
+"""Fault injection for tests: the N-th training scoring call returns NaN teacher logprobs."""
+
 EVAL_KL_PROMPTS = 200
 """Held-out prompts whose T=1 student samples measure the reverse KL to the teacher."""
 
@@ -34,6 +38,7 @@ class Session:
         self.after: Dict[str, Any] = {}
         self.completed = False
         self.synced_version = 0  # servers start from the checkpoint the learner starts from
+        self.num_scored = 0
         self.components: Optional[Components] = None
 
     # ----- set-up -------------------------------------------------------------------------
@@ -127,6 +132,9 @@ class Session:
         o = self.cfg.objective
         top_k = o.teacher_top_k if o.kl_estimator == "full_vocab" else 0
         self.teacher_score_fn(rollouts, temperature=o.teacher_temperature, top_k=top_k)
+        self.num_scored += 1
+        if self.num_scored == int(os.environ.get(FAULT_NAN_TEACHER_ENV, "0")):
+            _poison(rollouts[0])
 
     def _sglang_teacher_score(self, rollouts: List[Rollout], *, temperature: float, top_k: int) -> None:
         self.teacher_client.score(rollouts, temperature=temperature, top_k=top_k)
@@ -246,6 +254,13 @@ class Session:
             "stage_seconds": {k: round(v, 2) for k, v in c.timer.total_s.items()} if c else {},
             "num_skipped_steps": c.num_skipped if c else 0,
         }
+
+
+def _poison(rollout: Rollout) -> None:
+    nan = float("nan")
+    rollout.teacher_logprobs = [nan] * len(rollout.teacher_logprobs or [])
+    if rollout.teacher_topk_logprobs:
+        rollout.teacher_topk_logprobs = [[nan] * len(row) for row in rollout.teacher_topk_logprobs]
 
 
 def _sampling_seed(run_seed: int, cursor: int, purpose: int) -> int:

@@ -1,0 +1,50 @@
+"""Fault injection: NaN teacher logprobs at one step. run.on_nonfinite=skip skips and counts the
+step (weights stay finite); run.on_nonfinite=stop exits 1 keeping the last good checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+
+from tests.conftest import PYTHON, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _run(tmp, models, student_server, teacher_server, name, policy):
+    cmd = [PYTHON, "-m", "opd_megatron", "run", str(REPO / "recipes/opd-tiny-cpu.yaml"),
+           f"student.path={models['student']}", f"teacher.path={models['teacher']}",
+           "student.prepare=null", "teacher.prepare=null",
+           f"engines.student.urls=[{student_server.url}]", f"engines.teacher.urls=[{teacher_server.url}]",
+           "run.num_steps=4", "rollout.prompts_per_step=8", "eval.num_prompts=8", "eval.interval=0",
+           "checkpoint.interval=1", "run.quiet=true", f"run.name={name}", f"run.on_nonfinite={policy}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OPD_FAULT_NAN_TEACHER_AT="3")
+    log = tmp / f"{name}.log"
+    with log.open("w") as out:
+        code = subprocess.run(cmd, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=600).returncode
+    return code, log.read_text(), json.loads((tmp / "runs" / name / "summary.json").read_text())
+
+
+def test_nonfinite_teacher_skip_and_stop(engine_models, student_server, teacher_server, tmp_path):
+    from safetensors.torch import load_file
+
+    code, text, summary = _run(tmp_path, engine_models, student_server, teacher_server, "nan-skip", "skip")
+    assert code == 0, text[-3000:]
+    assert summary["completed"] and summary["num_skipped_steps"] == 1
+    weights = load_file(str(tmp_path / "runs/nan-skip/hf/model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+    code, text, summary = _run(tmp_path, engine_models, student_server, teacher_server, "nan-stop", "stop")
+    assert code == 1, text[-3000:]
+    assert "non-finite" in summary["error"] and not summary["completed"]
+    ckpts = sorted((tmp_path / "runs/nan-stop/checkpoints").iterdir())
+    assert [p.name for p in ckpts][-1] == "step_000002"  # the last good step before the NaN at step 3
+    from opd_megatron.config.schema import EnginesConfig
+    from opd_megatron.engines import EngineClient
+
+    EngineClient.from_config([student_server.url], EnginesConfig()).post_each(
+        "/update_weights_from_disk", {"model_path": str(engine_models["student"])})
