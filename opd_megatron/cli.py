@@ -69,11 +69,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run(cfg, recipe=args.recipe, overrides=list(args.overrides))
 
 
-def _delegate(name: str, rest: List[str]) -> int:
-    module = importlib.import_module(DELEGATED[name][0])
-    return run_delegated(getattr(module, "cli_main"), rest)
-
-
 def run_delegated(fn: Callable[[List[str]], int], argv: Optional[List[str]] = None) -> int:
     """Run a subcommand's ``cli_main`` with the CLI's exit-code contract (also what
     ``python -m opd_megatron.flops`` and friends use)."""
@@ -87,23 +82,18 @@ def run_delegated(fn: Callable[[List[str]], int], argv: Optional[List[str]] = No
         return EXIT_RUNTIME
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _dispatch(argv: List[str]) -> int:
     if argv and argv[0] in DELEGATED:  # their own parsers take every remaining argument
-        return _delegate(argv[0], argv[1:])
+        module = importlib.import_module(DELEGATED[argv[0]][0])
+        return int(getattr(module, "cli_main")(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "validate":
-            return _cmd_validate(args)
-        if args.command == "run":
-            return _cmd_run(args)
-        return _delegate(args.command, args.rest)
-    except ConfigError as e:
-        print(f"opd: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except RuntimeFailure as e:
-        print(f"opd: failed: {e}", file=sys.stderr)
-        return EXIT_RUNTIME
+    if args.command == "validate":
+        return _cmd_validate(args)
+    return _cmd_run(args)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_delegated(_dispatch, argv)
 
 
 if __name__ == "__main__":
