@@ -41,15 +41,21 @@ class PromptSource:
     """Training prompts in seed order; ``take(n)`` advances ``cursor`` by n."""
 
     def __init__(self, data: DataConfig, seed: int, cursor: int = 0):
-        self.data, self.seed, self.cursor = data, seed, cursor
-        if data.source == "arithmetic":
-            heldout = arithmetic.heldout_problems(data.num_heldout, data.min_ops, data.max_ops)
-            self._stream = arithmetic.train_problems(seed, heldout, data.min_ops, data.max_ops,
-                                                     start=cursor)
-            self._records: Optional[List[Prompt]] = None
-        else:
+        self.data, self.seed = data, seed
+        self._records: Optional[List[Prompt]] = None
+        if data.source != "arithmetic":
             self._records = self._load_records(data)
             random.Random(seed).shuffle(self._records)
+        self.seek(cursor)
+
+    def seek(self, cursor: int) -> None:
+        """Continue the stream after ``cursor`` prompts (a checkpoint's data cursor)."""
+        self.cursor = cursor
+        if self._records is None:
+            d = self.data
+            heldout = arithmetic.heldout_problems(d.num_heldout, d.min_ops, d.max_ops)
+            self._stream = arithmetic.train_problems(self.seed, heldout, d.min_ops, d.max_ops,
+                                                     start=cursor)
 
     @staticmethod
     def _load_records(data: DataConfig) -> List[Prompt]:

@@ -3,9 +3,28 @@ learner's parallel layout, tokens and estimated FLOPs per step."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from opd_megatron.config.schema import Config
+
+
+@dataclass(frozen=True)
+class StepRoles:
+    """Who works in one training step of a method (one rule for the loop, FLOPs and plans)."""
+
+    sampler: Optional[str]
+    """FLOPs role that samples the responses: student_sampling (on-policy), teacher_sampling
+    (sft on teacher samples), or None (sft on the task's reference solutions)."""
+    teacher_scores: bool
+    """The teacher scores every response (the distillation methods, given a teacher)."""
+
+
+def step_roles(cfg: Config) -> StepRoles:
+    method = cfg.objective.method
+    if method == "sft":
+        return StepRoles("teacher_sampling" if cfg.data.sft_targets == "teacher" else None, False)
+    return StepRoles("student_sampling", method in ("opd", "opd+reward") and bool(cfg.teacher.path))
 
 
 def tokens_per_step(cfg: Config) -> Dict[str, int]:
@@ -31,13 +50,11 @@ def flops_per_step(cfg: Config, hf: Dict[str, Optional[dict]]) -> Dict[str, floa
     r = cfg.rollout
     n = r.prompts_per_step * r.samples_per_prompt
     ctx = r.max_new_tokens / 2
-    if cfg.objective.method == "sft":
-        if teacher is not None and cfg.data.sft_targets == "teacher":
-            counter.add("teacher_sampling", n * r.max_new_tokens, ctx)
-    else:
-        counter.add("student_sampling", n * r.max_new_tokens, ctx)
-        if teacher is not None and cfg.objective.method != "rl":
-            counter.add("teacher_scoring", n * r.max_new_tokens, ctx)
+    roles = step_roles(cfg)
+    if roles.sampler is not None and (teacher is not None or roles.sampler == "student_sampling"):
+        counter.add(roles.sampler, n * r.max_new_tokens, ctx)
+    if roles.teacher_scores and teacher is not None:
+        counter.add("teacher_scoring", n * r.max_new_tokens, ctx)
     counter.add("learner_train", n * r.max_new_tokens, ctx)
     return counter.as_dict()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -19,6 +18,7 @@ from opd_megatron.logging_utils import MetricsWriter
 from opd_megatron.spmd import Collective, stop_followers, world_size
 from opd_megatron.batching import pack_rollouts
 from opd_megatron.loop import Components, train
+from opd_megatron.plan import step_roles
 from opd_megatron.runner import uses_megatron_teacher
 from opd_megatron.tasks.arithmetic import is_correct
 from opd_megatron.types import Rollout
@@ -91,13 +91,12 @@ class Session:
         shape = lambda m: resolve_shape(m.flops_name or m.path)  # noqa: E731
         self.flops = FlopsCounter(shape(cfg.student), shape(cfg.teacher) if cfg.teacher.path else None)
         self.prompts = PromptSource(cfg.data, cfg.run.seed)
-        method = cfg.objective.method
-        sample = self._sample_reference if method == "sft" and cfg.data.sft_targets == "reference" else self._sample
+        sample = self._sample_reference if step_roles(cfg).sampler is None else self._sample
         # Only the distillation methods use teacher scores in training (rl's eval still does).
-        score = self._score if method in ("opd", "opd+reward") and self.teacher_score_fn is not None else None
+        score = self._score if step_roles(cfg).teacher_scores and self.teacher_score_fn is not None else None
         return Components(cfg=cfg, prompts=self.prompts, sample=sample, score=score, reward=self._reward,
                           learner=self.learner, sync=self._sync, evaluate=self._evaluate,
-                          checkpoint=self._checkpoint, flops=_FlopsSteps(self.flops, method, cfg),
+                          checkpoint=self._checkpoint, flops=_FlopsSteps(self.flops, cfg),
                           log=MetricsWriter(self.run_dir, cfg.run.num_steps, cfg.run.quiet),
                           pad_id=int(self.tokenizer.pad_token_id or 0), preempted=lambda: self.preempt.flag)
 
@@ -204,7 +203,7 @@ class Session:
             return
         extra = self.learner.load_checkpoint(ckpt)
         self.start_step = int(extra["step"])
-        self.prompts.__init__(self.cfg.data, self.cfg.run.seed, cursor=int(extra["cursor"]))
+        self.prompts.seek(int(extra["cursor"]))
         self.flops.load_state_dict(extra["flops"])
         self.before = dict(extra.get("before") or {})
         c.timer.total_s.update(extra.get("stage_total_s") or {})
@@ -274,21 +273,18 @@ def _sampling_seed(run_seed: int, cursor: int, purpose: int) -> int:
 class _FlopsSteps:
     """Counts one step's FLOPs by role from the tokens actually processed."""
 
-    def __init__(self, counter: Any, method: str, cfg: Config):
-        self.counter, self.method, self.cfg = counter, method, cfg
+    def __init__(self, counter: Any, cfg: Config):
+        self.counter, self.roles = counter, step_roles(cfg)
 
     def add_step(self, rollouts: List[Rollout], batch: Any) -> None:
         spans = [(len(r.prompt_ids), len(r.response_ids)) for r in rollouts]
-        if self.method == "sft":
-            if self.cfg.data.sft_targets == "teacher":
-                self.counter.add_sequences("teacher_sampling", spans)
-        else:
-            self.counter.add_sequences("student_sampling", spans)
-            if self.cfg.teacher.path and self.method != "rl":
-                # One prefill of each prompt per group (prefix cache), then every response.
-                firsts = {r.group_id: len(r.prompt_ids) for r in rollouts}
-                self.counter.add_sequences("teacher_scoring", [(0, p) for p in firsts.values()])
-                self.counter.add_sequences("teacher_scoring", spans)
+        if self.roles.sampler is not None:
+            self.counter.add_sequences(self.roles.sampler, spans)
+        if self.roles.teacher_scores:
+            # One prefill of each prompt per group (prefix cache), then every response.
+            firsts = {r.group_id: len(r.prompt_ids) for r in rollouts}
+            self.counter.add_sequences("teacher_scoring", [(0, p) for p in firsts.values()])
+            self.counter.add_sequences("teacher_scoring", spans)
         self.counter.add_sequences("learner_train", [(0, p + t) for p, t in spans])
 
     def as_dict(self) -> Dict[str, float]:
