@@ -19,7 +19,7 @@ from opd_megatron.errors import ConfigError
 
 # Settings that say where/how a run executes, not what it trains: they may differ on resume.
 EXECUTION_KEYS = {"engines", "cluster", "report"}
-RUN_EXECUTION_KEYS = {"quiet", "log_interval", "overwrite", "num_steps"}
+RUN_EXECUTION_KEYS = {"quiet", "log_interval", "overwrite", "num_steps", "output_dir"}  # a moved run dir resumes
 CHECKPOINT_PREFIX = "step_"
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -26,6 +26,10 @@ from opd_megatron.types import Rollout
 FAULT_NAN_TEACHER_ENV = "OPD_FAULT_NAN_TEACHER_AT"
 """Fault injection for tests: the N-th training scoring call returns NaN teacher logprobs."""
 
+FAULT_KILL_SERVER_ENV = "OPD_FAULT_KILL_SERVER"
+"""Fault injection for tests: ``student@3,teacher@5`` SIGKILLs that role's first server while
+the training step's request to it (rollout, teacher scoring) is in flight."""
+
 EVAL_KL_PROMPTS = 200
 """Held-out prompts whose T=1 student samples measure the reverse KL to the teacher."""
 
@@ -39,7 +43,10 @@ class Session:
         self.completed = False
         self.synced_version = 0  # servers start from the checkpoint the learner starts from
         self.num_scored = 0
+        self.num_restarts = 0
+        self.groups: Dict[str, Any] = {}
         self.components: Optional[Components] = None
+        self._training_call = False
 
     # ----- set-up -------------------------------------------------------------------------
     def _needs_teacher_server(self) -> bool:
@@ -53,7 +60,8 @@ class Session:
 
         cfg = self.cfg
         teacher = cfg.teacher if self._needs_teacher_server() else None
-        groups = launch_engines(cfg.student, teacher, cfg.engines, self.run_dir / "logs", seed=cfg.run.seed)
+        groups = self.groups = launch_engines(cfg.student, teacher, cfg.engines, self.run_dir / "logs",
+                                              seed=cfg.run.seed)
         for group in groups.values():
             self.stack.callback(group.stop)
         vocab = len(self.tokenizer)
@@ -109,11 +117,13 @@ class Session:
         r, cfg = self.cfg.rollout, self.cfg
         if client is None:
             client = self.teacher_client if cfg.objective.method == "sft" else self.student_client
-        rollouts = client.generate(
+        role = "teacher" if client is self.teacher_client else "student"
+        rollouts = self._engine_call(lambda: client.generate(
             self._encode(prompts), samples_per_prompt=samples or r.samples_per_prompt,
             max_new_tokens=max_new_tokens or r.max_new_tokens,
             temperature=r.temperature if temperature is None else temperature,
-            top_p=r.top_p, top_k=r.top_k, seed=_sampling_seed(cfg.run.seed, self.prompts.cursor, seed_offset))
+            top_p=r.top_p, top_k=r.top_k, seed=_sampling_seed(cfg.run.seed, self.prompts.cursor, seed_offset)),
+            fault=role if seed_offset == 0 else None)
         for ro in rollouts:
             ro.answer = prompts[ro.group_id].answer
         return rollouts
@@ -130,13 +140,18 @@ class Session:
     def _score(self, rollouts: List[Rollout]) -> None:
         o = self.cfg.objective
         top_k = o.teacher_top_k if o.kl_estimator == "full_vocab" else 0
-        self.teacher_score_fn(rollouts, temperature=o.teacher_temperature, top_k=top_k)
+        self._training_call = True
+        try:
+            self.teacher_score_fn(rollouts, temperature=o.teacher_temperature, top_k=top_k)
+        finally:
+            self._training_call = False
         self.num_scored += 1
         if self.num_scored == int(os.environ.get(FAULT_NAN_TEACHER_ENV, "0")):
             _poison(rollouts[0])
 
     def _sglang_teacher_score(self, rollouts: List[Rollout], *, temperature: float, top_k: int) -> None:
-        self.teacher_client.score(rollouts, temperature=temperature, top_k=top_k)
+        self._engine_call(lambda: self.teacher_client.score(rollouts, temperature=temperature, top_k=top_k),
+                          fault="teacher" if self._training_call else None)
 
     def _megatron_teacher_score(self, rollouts: List[Rollout], *, temperature: float, top_k: int) -> None:
         """The frozen teacher inside Megatron fills the same Rollout fields as SGLang scoring."""
@@ -159,8 +174,41 @@ class Session:
             ro.reward = 1.0 if ro.answer is not None and is_correct(text, ro.answer) else 0.0
 
     def _sync(self, version: int) -> None:
-        self.weight_sync.push(self.learner.hf_state_dict(), version)
+        self._engine_call(lambda: self.weight_sync.push(self.learner.hf_state_dict(), version), resync=False)
         self.synced_version = version
+
+    # ----- server failures ---------------------------------------------------------------------
+    def _engine_call(self, call, *, resync: bool = True, fault: Optional[str] = None):
+        """Run one engine call; when a server of ours died or stopped answering, restart it,
+        give a student server the learner's current weights (``resync``; a weight push redoes
+        that itself) and call again, at most ``engines.max_restarts`` times. The loop's step is
+        not advanced until every call of it succeeded, so no step is lost or done twice."""
+        from opd_megatron.engines.http import EngineUnavailable
+
+        self._recover(resync, check_health=False)  # a server seen dead since the last call
+        restarts_left = self.cfg.engines.max_restarts
+        while True:
+            try:
+                with _injected_kill(self, fault):
+                    return call()
+            except EngineUnavailable as exc:
+                if restarts_left <= 0 or not self._recover(resync, check_health=True):
+                    raise
+                restarts_left -= 1
+                print(f"[opd] engine call failed ({str(exc).splitlines()[0][:200]}); "
+                      "server restarted, retrying", flush=True)
+
+    def _recover(self, resync: bool, *, check_health: bool) -> List[str]:
+        restarted: List[str] = []
+        for role, group in self.groups.items():
+            urls = group.restart_failed(timeout_s=self.cfg.engines.startup_timeout_s, check_health=check_health)
+            for url in urls:
+                print(f"[opd] restarted {role} server {url} (see its log in {self.run_dir / 'logs'})", flush=True)
+            self.num_restarts += len(urls)
+            restarted += urls
+            if urls and role == "student" and resync:
+                self.weight_sync.push(self.learner.hf_state_dict(), self.synced_version)
+        return restarted
 
     # ----- evaluation ------------------------------------------------------------------------
     def _accuracy(self, client) -> float:
@@ -194,7 +242,11 @@ class Session:
         extra = {"step": step, "cursor": self.prompts.cursor, "flops": self.flops.state_dict(),
                  "before": self.before, "stage_total_s": dict(self.components.timer.total_s),
                  "num_skipped": self.components.num_skipped}
-        self.learner.save_checkpoint(rundir.checkpoint_path(self.run_dir, step), extra)
+        target = rundir.checkpoint_path(self.run_dir, step)
+        try:
+            self.learner.save_checkpoint(target, extra)
+        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+            raise _checkpoint_write_error(target, exc, rundir.latest_checkpoint(self.run_dir)) from exc
         rundir.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
 
     def _resume(self, c: Components) -> None:
@@ -252,7 +304,49 @@ class Session:
             "flops": self.flops.as_dict() if hasattr(self, "flops") else {},
             "stage_seconds": {k: round(v, 2) for k, v in c.timer.total_s.items()} if c else {},
             "num_skipped_steps": c.num_skipped if c else 0,
+            "num_server_restarts": self.num_restarts,
         }
+
+
+@contextmanager
+def _injected_kill(session: "Session", role: Optional[str]):
+    """OPD_FAULT_KILL_SERVER: SIGKILL ``role``'s first server 0.1 s into the training call of
+    the named step (once), so the request in flight fails."""
+    import signal
+    import threading
+
+    spec = dict(item.split("@") for item in os.environ.get(FAULT_KILL_SERVER_ENV, "").split(",") if "@" in item)
+    step = session.prompts.cursor // session.cfg.rollout.prompts_per_step
+    fired = session.__dict__.setdefault("_faults_fired", set())
+    if role is None or spec.get(role) != str(step) or (role, step) in fired \
+            or role not in session.groups or not session.groups[role].processes:
+        yield
+        return
+    fired.add((role, step))
+    proc = session.groups[role].processes[0]
+    timer = threading.Timer(0.1, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.join()
+
+
+def _checkpoint_write_error(target: Path, exc: BaseException, previous: Optional[Path]):
+    """One line: what was not written, why (a full disk is named as such), what is kept."""
+    import shutil
+
+    from opd_megatron.errors import RuntimeFailure
+
+    free = shutil.disk_usage(target.parent).free
+    needed = sum(p.stat().st_size for p in previous.rglob("*") if p.is_file()) if previous else 0
+    cause = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:160]
+    if getattr(exc, "errno", None) == 28 or free < needed:
+        cause = f"the disk is full: {free / 2**20:.1f} MiB free, a checkpoint takes {needed / 2**20:.1f} MiB"
+    kept = (f"the previous checkpoint {previous.name} is intact and a rerun resumes from it"
+            if previous else "no earlier checkpoint exists")
+    return RuntimeFailure(f"checkpoint {target} not written ({cause}); nothing partial was left, {kept}; "
+                          "free disk space or lower checkpoint.keep, then rerun the same command")
 
 
 def _poison(rollout: Rollout) -> None:

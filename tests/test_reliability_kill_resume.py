@@ -1,7 +1,11 @@
-"""Fault injection: the learner process is SIGKILLed at 5 random points of a run (mid-step,
-mid-checkpoint, mid-sync: wherever the signal lands); rerunning the same command resumes from
-the newest complete checkpoint each time, and the final weights are bit-identical to an
-uninterrupted run. Real SGLang servers (the shared session fixtures) and the real learner."""
+"""Fault injection against one uninterrupted reference run (real SGLang servers, the shared
+session fixtures, and the real learner); each faulted run must end bit-identical to it:
+
+- the learner SIGKILLed at 5 random points (mid-step, mid-sync, wherever the signal lands),
+  the same command rerun after each;
+- SIGKILL inside a checkpoint write: the previous checkpoint stays intact and is resumed;
+- a full disk while writing a checkpoint (a real size-limited tmpfs): a one-line error, exit 1,
+  nothing partial left, the old checkpoint intact and resumed from once there is space."""
 
 from __future__ import annotations
 
@@ -21,14 +25,14 @@ pytestmark = pytest.mark.slow
 NUM_STEPS = 14
 
 
-def _command(models, student_server, teacher_server, name: str):
+def _command(models, student_server, teacher_server, name: str, *extra: str):
     return [PYTHON, "-m", "opd_megatron", "run", str(REPO / "recipes/opd-tiny-cpu.yaml"),
             f"student.path={models['student']}", f"teacher.path={models['teacher']}",
             "student.prepare=null", "teacher.prepare=null",
             f"engines.student.urls=[{student_server.url}]", f"engines.teacher.urls=[{teacher_server.url}]",
             f"run.num_steps={NUM_STEPS}", "rollout.prompts_per_step=8", "eval.num_prompts=8",
             "eval.interval=0", "checkpoint.interval=1", "checkpoint.keep=2", "run.quiet=true",
-            f"run.name={name}"]
+            f"run.name={name}", *extra]
 
 
 def _last_step(metrics: Path) -> int:
@@ -50,17 +54,39 @@ def _weights(run_dir: Path):
     return load_file(str(run_dir / "hf" / "model.safetensors"))
 
 
-def test_sigkill_at_random_points_then_resume_is_bit_exact(engine_models, student_server, teacher_server,
-                                                           tmp_path):
-    from opd_megatron.config.schema import EnginesConfig
-    from opd_megatron.engines import EngineClient
-
-    log = tmp_path / "runs.log"
-    ref = subprocess.run(_command(engine_models, student_server, teacher_server, "uninterrupted"), cwd=tmp_path,
+@pytest.fixture(scope="module")
+def reference(engine_models, student_server, teacher_server, tmp_path_factory) -> Path:
+    """The uninterrupted run every faulted run is compared with; returns its run directory."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    log = tmp / "run.log"
+    ref = subprocess.run(_command(engine_models, student_server, teacher_server, "uninterrupted"), cwd=tmp,
                          stdout=log.open("a"), stderr=subprocess.STDOUT, timeout=600,
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert ref.returncode == 0, log.read_text()[-3000:]
+    yield tmp / "runs" / "uninterrupted"
+    _restore_student(engine_models, student_server)
 
+
+def _restore_student(models, student_server) -> None:
+    """The shared server gets its original weights back."""
+    from opd_megatron.config.schema import EnginesConfig
+    from opd_megatron.engines import EngineClient
+
+    EngineClient.from_config([student_server.url], EnginesConfig()).post_each(
+        "/update_weights_from_disk", {"model_path": str(models["student"])})
+
+
+def _assert_same_weights(ref_dir: Path, run_dir: Path, what: str) -> None:
+    a, b = _weights(ref_dir), _weights(run_dir)
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]).all() for k in a), f"weights differ from the uninterrupted run after {what}"
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert all(n.startswith("step_") for n in ckpts), ckpts  # no temp directory left behind
+
+
+def test_sigkill_at_random_points_then_resume_is_bit_exact(engine_models, student_server, teacher_server,
+                                                           reference, tmp_path):
+    log = tmp_path / "runs.log"
     rng = random.Random(20261201)
     cmd = _command(engine_models, student_server, teacher_server, "killed")
     metrics = tmp_path / "runs" / "killed" / "metrics.jsonl"
@@ -84,11 +110,68 @@ def test_sigkill_at_random_points_then_resume_is_bit_exact(engine_models, studen
     assert killed_at[-1] < NUM_STEPS
     summary = json.loads((tmp_path / "runs/killed/summary.json").read_text())
     assert summary["completed"] and summary["steps"] == NUM_STEPS
-    a, b = _weights(tmp_path / "runs/uninterrupted"), _weights(tmp_path / "runs/killed")
-    assert a.keys() == b.keys()
-    assert all((a[k] == b[k]).all() for k in a), f"weights differ after kills at {killed_at}"
-    ckpts = sorted(p.name for p in (tmp_path / "runs/killed/checkpoints").iterdir())
-    assert all(n.startswith("step_") for n in ckpts), ckpts  # no temp directory left behind as a checkpoint
-    # the shared server gets its original weights back
-    EngineClient.from_config([student_server.url], EnginesConfig()).post_each(
-        "/update_weights_from_disk", {"model_path": str(engine_models["student"])})
+    _assert_same_weights(reference, tmp_path / "runs/killed", f"kills at {killed_at}")
+
+
+def test_sigkill_inside_a_checkpoint_write_keeps_and_resumes_the_previous_one(
+        engine_models, student_server, teacher_server, reference, tmp_path):
+    cmd = _command(engine_models, student_server, teacher_server, "killed-in-checkpoint")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    log = tmp_path / "runs.log"
+    ckpts = tmp_path / "runs/killed-in-checkpoint/checkpoints"
+    with log.open("a") as out:
+        code = subprocess.run(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, timeout=600,
+                              env=dict(env, OPD_FAULT_KILL_IN_CHECKPOINT="6")).returncode
+    assert code == -signal.SIGKILL, log.read_text()[-3000:]
+    names = sorted(p.name for p in ckpts.iterdir())
+    assert names[1:] == ["step_000004", "step_000005"] and names[0].startswith(".step_000006.tmp-"), names
+    assert (ckpts / "step_000005/meta.json").is_file()
+    with log.open("a") as out:
+        code = subprocess.run(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, timeout=600, env=env).returncode
+    assert code == 0, log.read_text()[-3000:]
+    assert "(step 5)" in log.read_text().split("resumed from")[-1].splitlines()[0]
+    _assert_same_weights(reference, tmp_path / "runs/killed-in-checkpoint", "a kill inside the step-6 checkpoint")
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_full_disk_during_a_checkpoint_write(engine_models, student_server, teacher_server, reference, tmp_path):
+    """The run directory lives on a tmpfs with room for one checkpoint and a half: the step-2
+    write (keep=1 holds the old one until the new one is in place) runs out of space."""
+    ckpt_bytes = _du(reference / "checkpoints" / "step_000014")
+    other_bytes = _du(reference) - _du(reference / "checkpoints") - _du(reference / "hf")
+    size_kib = (other_bytes + int(1.5 * ckpt_bytes)) // 1024 + 512
+    disk, saved = tmp_path / "disk", tmp_path / "saved"
+    disk.mkdir()
+    cmd = _command(engine_models, student_server, teacher_server, "full-disk", f"run.output_dir={disk}",
+                   "checkpoint.keep=1")
+    # A private mount namespace: the tmpfs exists only for this shell, which copies the run
+    # directory out before it ends.
+    script = (f'mount -t tmpfs -o size={size_kib}k tmpfs {disk} && cd {tmp_path} && '
+              f'{{ "$@" > full.log 2>&1; echo $? > full.rc; }}; cp -a {disk} {saved}')
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True)
+    assert probe.returncode == 0, f"this test needs mount namespaces (root in a container): {probe.stderr!r}"
+    subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *cmd],
+                   check=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    text = (tmp_path / "full.log").read_text()
+    assert (tmp_path / "full.rc").read_text().strip() == "1", text[-3000:]
+    error = [line for line in text.splitlines() if "not written" in line]
+    assert len(error) == 1 and "the disk is full" in error[0], text[-3000:]
+    assert "step_000001 is intact" in error[0]
+    run = saved / "full-disk"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000001"]  # nothing partial
+    assert (run / "checkpoints/step_000001/meta.json").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert not summary["completed"] and "not written" in summary["error"]
+    # With space again, the same command resumes from the intact checkpoint.
+    resume = _command(engine_models, student_server, teacher_server, "full-disk", f"run.output_dir={saved}",
+                      "checkpoint.keep=1")
+    log = tmp_path / "resume.log"
+    with log.open("w") as out:
+        code = subprocess.run(resume, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, timeout=600,
+                              env=dict(os.environ, PYTHONPATH=str(REPO))).returncode
+    assert code == 0, log.read_text()[-3000:]
+    assert "(step 1)" in log.read_text()
+    _assert_same_weights(reference, run, "a full disk at the step-2 checkpoint")

@@ -40,6 +40,9 @@ class ServerProcess:
     url: str
     log_path: Path
     process: subprocess.Popen
+    cmd: List[str] = field(default_factory=list)
+    """The argv it was started with (a restart reuses it)."""
+    env: Dict[str, str] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -85,6 +88,22 @@ class EngineGroup:
     def stop(self) -> None:
         for proc in reversed(self.processes):
             proc.stop()
+
+    def restart_failed(self, *, timeout_s: float, check_health: bool) -> List[str]:
+        """Start again every server of ours that exited (or, with ``check_health``, that does
+        not answer ``/health``), on the same port with the same command; wait until healthy.
+        Returns their URLs. A group given by ``urls`` has no processes: nothing to restart."""
+        restarted = []
+        for i, proc in enumerate(self.processes):
+            if proc.alive() and not (check_health and not _health_ok(proc.url, timeout_s=10.0)):
+                continue
+            proc.stop(grace_s=5.0)
+            _wait_port_free(proc.url, timeout_s=30.0)
+            new = start_process(proc.name, proc.cmd, proc.url, proc.log_path.parent, proc.env)
+            self.processes[i] = new
+            wait_healthy(new, timeout_s=timeout_s)
+            restarted.append(proc.url)
+        return restarted
 
 
 def resolve_device(engines: EnginesConfig) -> str:
@@ -184,6 +203,19 @@ def check_gpu_stack() -> None:
                           f"pip uninstall {dist} and install the real sglang-kernel/torchvision")
 
 
+def _wait_port_free(url: str, timeout_s: float) -> None:
+    """A killed server's port can take a moment to close."""
+    host, port = url.rsplit("//", 1)[-1].rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return check_port_free(host, int(port))
+        except ConfigError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def _health_ok(url: str, timeout_s: float) -> bool:
     try:
         with urllib.request.urlopen(url + "/health", timeout=timeout_s) as resp:
@@ -225,7 +257,8 @@ def start_process(name: str, cmd: List[str], url: str, log_dir: Path,
         log.flush()
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-    return ServerProcess(name=name, url=url, log_path=log_path, process=process)
+    return ServerProcess(name=name, url=url, log_path=log_path, process=process, cmd=list(cmd),
+                         env=dict(env))
 
 
 def launch_role(name: str, model: ModelConfig, role: EngineRoleConfig, engines: EnginesConfig,
