@@ -2,8 +2,11 @@
 
 A ``PromptSource`` yields ``Prompt`` records in a fixed order set by the run seed; its
 ``cursor`` (prompts consumed) is saved in checkpoints so a resumed run continues the same
-stream. The generated arithmetic task needs no files; ``jsonl`` reads one JSON object per
-line with ``data.prompt_key`` / ``data.answer_key``; ``hf`` loads a dataset at run time.
+stream. The generated sources need no files: ``arithmetic`` (the reasoning task),
+``instruct`` (the same problems under IF-eval style format instructions) and ``midtrain``
+(documents of new facts mixed with instruct samples; opd_megatron.tasks.knowledge). ``jsonl``
+reads one JSON object per line with ``data.prompt_key`` / ``data.answer_key``; ``hf`` loads a
+dataset at run time.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import List, Optional
 
 from opd_megatron.config.schema import DataConfig
 from opd_megatron.errors import ConfigError
-from opd_megatron.tasks import arithmetic
+from opd_megatron.tasks import arithmetic, knowledge
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,14 @@ class Prompt:
 
 
 def heldout_prompts(data: DataConfig, num: int) -> List[Prompt]:
+    """The in-loop evaluation prompts; instruct and midtrain runs are evaluated on the
+    instruct task (the behaviour mid-training must not lose)."""
+    if data.source in ("instruct", "midtrain"):
+        return [Prompt(i.prompt, i.answer, i.reference) for i in
+                knowledge.heldout_instructions(data.num_heldout, data.min_ops, data.max_ops)[:num]]
     if data.source != "arithmetic":
         raise ConfigError(f"data.source: held-out evaluation of '{data.source}' goes through "
-                          f"`opd eval`; the in-loop evaluator needs the arithmetic task")
+                          f"`opd eval`; the in-loop evaluator needs a generated task")
     probs = arithmetic.heldout_problems(data.num_heldout, data.min_ops, data.max_ops)[:num]
     return [Prompt(p.prompt, p.answer, p.solution) for p in probs]
 
@@ -43,7 +51,11 @@ class PromptSource:
     def __init__(self, data: DataConfig, seed: int, cursor: int = 0):
         self.data, self.seed = data, seed
         self._records: Optional[List[Prompt]] = None
-        if data.source != "arithmetic":
+        if data.source == "midtrain":
+            self._facts = knowledge.facts(data.facts_seed, data.num_facts)
+            self._heldout = {p.prompt for p in arithmetic.heldout_problems(data.num_heldout, data.min_ops,
+                                                                          data.max_ops)}
+        elif data.source not in ("arithmetic", "instruct"):
             self._records = self._load_records(data)
             random.Random(seed).shuffle(self._records)
         self.seek(cursor)
@@ -51,7 +63,7 @@ class PromptSource:
     def seek(self, cursor: int) -> None:
         """Continue the stream after ``cursor`` prompts (a checkpoint's data cursor)."""
         self.cursor = cursor
-        if self._records is None:
+        if self._records is None and self.data.source != "midtrain":
             d = self.data
             heldout = arithmetic.heldout_problems(d.num_heldout, d.min_ops, d.max_ops)
             self._stream = arithmetic.train_problems(self.seed, heldout, d.min_ops, d.max_ops,
@@ -74,14 +86,32 @@ class PromptSource:
                        else str(r[data.answer_key])) for r in rows]
 
     def take(self, num: int) -> List[Prompt]:
+        first, self.cursor = self.cursor, self.cursor + num
+        if self.data.source == "midtrain":
+            return [self._midtrain(first + i) for i in range(num)]
+        if self.data.source == "instruct":
+            kinds = list(knowledge.KINDS)
+            out = [knowledge.instruct(next(self._stream), kinds[(first + i) % len(kinds)]) for i in range(num)]
+            return [Prompt(i.prompt, i.answer, i.reference) for i in out]
         if self._records is None:
-            out = [next(self._stream) for _ in range(num)]
-            self.cursor += num
-            return [Prompt(p.prompt, p.answer, p.solution) for p in out]
+            return [Prompt(p.prompt, p.answer, p.solution) for p in (next(self._stream) for _ in range(num))]
         recs = self._records
-        out = [recs[(self.cursor + i) % len(recs)] for i in range(num)]
-        self.cursor += num
-        return out
+        return [recs[(first + i) % len(recs)] for i in range(num)]
+
+    def _midtrain(self, index: int) -> Prompt:
+        """Sample ``index`` of the mid-training stream: a document of facts, or (with
+        probability data.chat_ratio) an instruct sample off the held-out split."""
+        d = self.data
+        rng = random.Random(f"midtrain:{self.seed}:{d.facts_seed}:{index}")
+        if rng.random() < d.chat_ratio:
+            kinds = list(knowledge.KINDS)
+            while True:
+                p = arithmetic.random_problem(rng, d.min_ops, d.max_ops)
+                if p.prompt not in self._heldout:
+                    i = knowledge.instruct(p, kinds[index % len(kinds)])
+                    return Prompt(i.prompt, i.answer, i.reference)
+        head, rest = knowledge.document(rng.sample(self._facts, min(d.facts_per_document, len(self._facts))))
+        return Prompt(head, None, rest)
 
 
 def encode_prompt(tokenizer, text: str, chat_template: str) -> List[int]:

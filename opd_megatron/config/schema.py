@@ -52,7 +52,10 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: str = "arithmetic"
-    """Prompt source: arithmetic (generated task) | jsonl (a file) | hf (datasets at run time)."""
+    """Prompt source: arithmetic (generated task) | instruct (the generated task with IF-eval
+    style format instructions, opd_megatron.tasks.knowledge) | midtrain (documents of new
+    facts, mixed with instruct samples at data.chat_ratio) | jsonl (a file) | hf (datasets at
+    run time)."""
     path: Optional[str] = None
     """File or dataset name for jsonl/hf sources."""
     split: str = "train"
@@ -74,6 +77,14 @@ class DataConfig:
     sft_targets: str = "teacher"
     """What sft trains on: teacher (fresh teacher samples = off-policy distillation) | reference
     (the task's ground-truth solutions; how the tiny teacher itself is trained)."""
+    facts_seed: int = 0
+    """midtrain: which fact set the documents hold (the continual recipe uses one per round)."""
+    num_facts: int = 200
+    """midtrain: facts in the set."""
+    facts_per_document: int = 4
+    """midtrain: facts strung together in one document."""
+    chat_ratio: float = 0.0
+    """midtrain: fraction of samples that are instruct (chat) samples instead of documents."""
 
 
 @dataclass
@@ -196,6 +207,11 @@ class EnginesConfig:
     """Seconds before one request is abandoned."""
     max_retries: int = 3
     """Retries per request (exponential backoff) before the run fails."""
+    max_restarts: int = 2
+    """Restarts of a launched SGLang server that died or stopped answering, per engine call:
+    the server is started again, student servers get the learner's current weights, and the
+    call is retried (no step is lost or done twice). 0: fail at once. Servers given by
+    ``urls`` are not ours to restart."""
     max_concurrency: int = 64
     """Requests in flight per role."""
     weight_sync: str = "tensor"
@@ -288,7 +304,7 @@ CHOICES = {
     "run.on_nonfinite": ("skip", "stop"),
     "student.dtype": ("float32", "bfloat16", "float16"),
     "teacher.dtype": ("float32", "bfloat16", "float16"),
-    "data.source": ("arithmetic", "jsonl", "hf"),
+    "data.source": ("arithmetic", "instruct", "midtrain", "jsonl", "hf"),
     "data.chat_template": ("none", "tokenizer"),
     "data.sft_targets": ("teacher", "reference"),
     "objective.method": ("opd", "sft", "rl", "opd+reward"),

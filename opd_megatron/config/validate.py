@@ -17,6 +17,10 @@ from opd_megatron.errors import ConfigError
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
+GENERATED_SOURCES = ("arithmetic", "instruct", "midtrain")
+"""Sources generated from the seed, with the arithmetic held-out split for in-loop eval."""
+
+
 def _get(cfg: Config, dotted: str) -> Any:
     node: Any = cfg
     for part in dotted.split("."):
@@ -33,6 +37,9 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.num_heldout", lambda v: v >= 1, ">= 1"),
     ("data.min_ops", lambda v: v >= 1, ">= 1"),
     ("data.num_sft_samples", lambda v: v >= 1, ">= 1"),
+    ("data.num_facts", lambda v: 1 <= v <= 900, "in [1, 900] (3-digit keys)"),
+    ("data.facts_per_document", lambda v: v >= 1, ">= 1"),
+    ("data.chat_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     ("rollout.prompts_per_step", lambda v: v >= 1, ">= 1"),
     ("rollout.samples_per_prompt", lambda v: v >= 1, ">= 1"),
     ("rollout.max_new_tokens", lambda v: v >= 1, ">= 1"),
@@ -71,6 +78,7 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("engines.startup_timeout_s", lambda v: v > 0, "> 0"),
     ("engines.request_timeout_s", lambda v: v > 0, "> 0"),
     ("engines.max_retries", lambda v: v >= 0, ">= 0"),
+    ("engines.max_restarts", lambda v: v >= 0, ">= 0"),
     ("engines.max_concurrency", lambda v: v >= 1, ">= 1"),
     ("eval.interval", lambda v: v >= 0, ">= 0 (0: only before and after)"),
     ("eval.num_prompts", lambda v: v >= 1, ">= 1"),
@@ -238,7 +246,7 @@ def check_objective(cfg: Config) -> None:
         raise ConfigError(f"objective.kl_estimator: full_vocab applies to opd methods, not {o.method}")
     if cfg.data.source in ("jsonl",) and not (cfg.data.path and Path(cfg.data.path).is_file()):
         raise ConfigError(f"data.path: prompt file not found: {cfg.data.path!r} (needed by data.source=jsonl)")
-    if cfg.eval.num_prompts > cfg.data.num_heldout and cfg.data.source == "arithmetic":
+    if cfg.eval.num_prompts > cfg.data.num_heldout and cfg.data.source in GENERATED_SOURCES:
         raise ConfigError(f"eval.num_prompts: {cfg.eval.num_prompts} exceeds data.num_heldout "
                           f"({cfg.data.num_heldout})")
 
