@@ -102,7 +102,7 @@ CASES = [
     ("lora-rank-negative", ["lora.rank=-1"], None, "lora.rank"),
     ("lora-alpha-zero", ["lora.rank=8", "lora.alpha=0"], None, "lora.alpha"),
     ("lora-target-unknown", ["lora.rank=8", "lora.targets=[q_proj]"], None, "lora.targets"),
-    ("lora-tp2", ["lora.rank=8", "parallel.tp=2"], None, "lora with parallel.tp>1"),
+    ("lora-target-twice", ["lora.rank=8", "lora.targets=[linear_qkv,linear_qkv]"], None, "lora.targets"),
 ]
 
 

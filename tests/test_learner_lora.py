@@ -1,12 +1,18 @@
 """LoRA on the Megatron learner (gloo, world size 1): rank 0 is the plain learner, a fresh
 adapter changes nothing, a step moves only the adapters, the merged weights (what weight
 sync pushes and export writes) give the adapter learner's logprobs in transformers and in a
-real SGLang server, and a LoRA checkpoint resumes bit-exact.
+real SGLang server, TP=2 (torchrun) trains like TP=1, and a LoRA checkpoint resumes bit-exact.
 
 Run: PYTHONHASHSEED=0 .venv/bin/pytest -q tests/test_learner_lora.py   (~1 min: one server)
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +31,7 @@ from tests.learner_fixtures import (
 )
 
 pytestmark = pytest.mark.timeout(600)
+REPO = Path(__file__).resolve().parents[1]
 LORA = LoraConfig(rank=4, alpha=8.0)
 FAST = OptimConfig(lr=1e-2, warmup_steps=0, schedule="constant", grad_clip=1.0)
 """A large LR so a few steps move the adapters well past the comparison tolerances."""
@@ -137,9 +144,27 @@ def test_resume_is_bit_exact_with_lora(models, tmp_path):
         make_learner(models["tied"], parallel_config()).load_checkpoint(tmp_path / "ckpt")
 
 
-def test_lora_with_tp2_is_refused(models):
-    with pytest.raises(ConfigError, match="tp>1 is not supported"):
-        lora_learner(models["tied"], tp=2)
+def test_tp2_matches_tp1(models, tmp_path):
+    """TP=2 (torchrun, 2 gloo ranks): column-parallel B / row-parallel A sharded like W, the
+    adapter's TP communication and its grad-norm attributes give the TP=1 run."""
+    from safetensors.torch import load_file
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+         str(REPO / "tests" / "learner_lora_tp_worker.py"), models["tied"], str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=400, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    got = json.loads((tmp_path / "results.json").read_text())
+    reference = lora_learner(models["tied"])
+    ref = train_steps(reference)
+    for key in ("losses", "grad_norms"):
+        assert max(abs(a - b) for a, b in zip(got[key], ref[key])) <= 1e-5, (key, got, ref)
+    ref_weights, weights = reference.hf_state_dict(), load_file(str(tmp_path / "tp2.safetensors"))
+    assert set(weights) == set(ref_weights)
+    diff = max((weights[k] - ref_weights[k]).abs().max().item() for k in weights)
+    print(f"LoRA TP=2 vs TP=1: merged weights max diff {diff:.2e}")
+    assert diff <= 1e-4
 
 
 def test_sglang_serves_the_merged_model(student_server, engine_models):

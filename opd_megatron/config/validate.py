@@ -258,9 +258,6 @@ def check_lora(cfg: Config) -> None:
                           f"choose from: {', '.join(LORA_TARGETS)}")
     if len(set(lora.targets)) != len(lora.targets):
         raise ConfigError(f"lora.targets: {lora.targets} lists a module twice; list each once")
-    if cfg.parallel.tp > 1:
-        raise ConfigError(f"lora.rank: lora with parallel.tp>1 is not supported yet (tp={cfg.parallel.tp}); "
-                          "use parallel.tp=1 (dp is fine) or lora.rank=0")
 
 
 def check_urls(cfg: Config) -> None:

@@ -77,9 +77,6 @@ class Learner(Scorer):
         self.model_cfg, self.objective, self.optim, self.parallel = model, objective, optim, parallel
         self.num_steps, self.seed, self.temperature = num_steps, seed, sampling_temperature
         self.lora = lora if lora is not None and lora.rank > 0 else None
-        if self.lora is not None and parallel.tp > 1:
-            raise ConfigError(f"lora.rank: lora with parallel.tp>1 is not supported yet "
-                              f"(tp={parallel.tp}); use parallel.tp=1 or lora.rank=0")
         self.hf_config = read_hf_config(model.path)
         self.arch = Qwen3Arch.from_hf(self.hf_config, f"{model.path}/config.json")
         self.pad_id = pad_token_id(self.hf_config)

@@ -21,7 +21,8 @@ Tensor parallelism, following the base layer's sharding:
 - row-parallel (``linear_proj``, ``linear_fc2``; input sharded): ``A`` sharded on its input
   columns like ``W``, ``A(x)`` summed over TP (the base output's all-reduce), ``B`` replicated.
 The initial ``A`` is drawn at full size from a per-layer seed and then sliced, so every TP
-layout starts from the same adapter as TP=1.
+layout starts from the same adapter as TP=1 (tested: TP=2 trains like TP=1). PP > 1 (seeds use
+the global layer number) and the GPU Transformer Engine spec are written but untested.
 """
 
 from __future__ import annotations
