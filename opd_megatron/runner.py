@@ -107,7 +107,7 @@ def _follow(cfg: Config) -> int:
                               f"run (run its prepare recipe once in one process first)")
     targets = {"learner": Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel,
                                   num_steps=cfg.run.num_steps, seed=cfg.run.seed,
-                                  sampling_temperature=cfg.rollout.temperature)}
+                                  sampling_temperature=cfg.rollout.temperature, lora=cfg.lora)}
     if uses_megatron_teacher(cfg):
         from opd_megatron.learner import FrozenTeacher
 

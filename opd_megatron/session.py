@@ -85,7 +85,7 @@ class Session:
         self._start_servers()
         learner = Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel,
                           num_steps=cfg.run.num_steps, seed=cfg.run.seed,
-                          sampling_temperature=cfg.rollout.temperature)
+                          sampling_temperature=cfg.rollout.temperature, lora=cfg.lora)
         self.learner = Collective(learner, "learner") if world_size() > 1 else learner
         if world_size() > 1:
             self.stack.callback(stop_followers)

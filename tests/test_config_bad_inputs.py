@@ -102,6 +102,10 @@ CASES = [
     ("unreachable-url", ["engines.teacher.urls=[http://127.0.0.1:9]"], None, "engines.teacher.urls"),
     ("url-not-http", ["engines.student.urls=[ftp://x]"], None, "engines.student.urls"),
     ("keep-zero", ["checkpoint.keep=0"], None, "checkpoint.keep"),
+    ("lora-rank-negative", ["lora.rank=-1"], None, "lora.rank"),
+    ("lora-alpha-zero", ["lora.rank=8", "lora.alpha=0"], None, "lora.alpha"),
+    ("lora-target-unknown", ["lora.rank=8", "lora.targets=[q_proj]"], None, "lora.targets"),
+    ("lora-target-twice", ["lora.rank=8", "lora.targets=[linear_qkv,linear_qkv]"], None, "lora.targets"),
 ]
 
 

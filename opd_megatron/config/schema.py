@@ -171,6 +171,20 @@ class ParallelConfig:
     """Shard optimizer state over data-parallel ranks (Megatron distributed optimizer)."""
 
 
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+"""Megatron linears LoRA can adapt: attention QKV and output, MLP gate/up and down."""
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0
+    """LoRA rank r of the student's adapters; 0: off (full fine-tuning)."""
+    alpha: float = 32.0
+    """LoRA alpha; the adapter update is scaled by alpha / rank."""
+    targets: List[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    """Linears that get adapters: any of linear_qkv, linear_proj, linear_fc1, linear_fc2."""
+
+
 @dataclass
 class EngineRoleConfig:
     num_servers: int = 1
@@ -293,6 +307,7 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     engines: EnginesConfig = field(default_factory=EnginesConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from opd_megatron.config.schema import CHOICES, Config, ModelConfig
+from opd_megatron.config.schema import CHOICES, LORA_TARGETS, Config, ModelConfig
 from opd_megatron.errors import ConfigError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -251,6 +251,23 @@ def check_objective(cfg: Config) -> None:
                           f"({cfg.data.num_heldout})")
 
 
+def check_lora(cfg: Config) -> None:
+    """LoRA settings of the student (``lora.rank`` 0: off, nothing else is checked)."""
+    lora = cfg.lora
+    if lora.rank < 0:
+        raise ConfigError(f"lora.rank: must be >= 0 (0: off) (got {lora.rank})")
+    if lora.rank == 0:
+        return
+    if not lora.alpha > 0:
+        raise ConfigError(f"lora.alpha: must be > 0 (got {lora.alpha}); the update is scaled by alpha/rank")
+    bad = [t for t in lora.targets if t not in LORA_TARGETS]
+    if bad or not lora.targets:
+        raise ConfigError(f"lora.targets: {bad or 'empty'} not allowed; "
+                          f"choose from: {', '.join(LORA_TARGETS)}")
+    if len(set(lora.targets)) != len(lora.targets):
+        raise ConfigError(f"lora.targets: {lora.targets} lists a module twice; list each once")
+
+
 def check_urls(cfg: Config) -> None:
     """Servers started elsewhere (engines.<role>.urls) must answer /health before we start."""
     import urllib.error
@@ -276,6 +293,7 @@ def validate(cfg: Config) -> Dict[str, Optional[dict]]:
     check_ranges(cfg)
     check_objective(cfg)
     check_cluster(cfg)
+    check_lora(cfg)
     check_urls(cfg)
     student_hf = read_hf_config(cfg.student, "student")
     teacher_hf = None

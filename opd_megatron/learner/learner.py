@@ -7,20 +7,26 @@ loop is SPMD). Each DP rank trains on its slice of rows, in microbatches of abou
 (``opd_megatron.objective.compute_loss``) global mean over the whole batch, so TP/PP/DP and
 microbatch size leave the loss unchanged. fp32 on CPU; ``model.dtype`` (bf16) on GPU, where the
 optimizer keeps fp32 master weights.
+
+With ``lora`` (rank > 0) the loaded weights are frozen and only LoRA adapters train
+(``learner/lora.py``); ``hf_state_dict`` / ``export_hf`` return the merged weights, so the
+serving engines and HF exports see a plain model.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 
-from opd_megatron.config.schema import ModelConfig, ObjectiveConfig, OptimConfig, ParallelConfig
+from opd_megatron.config.schema import (LoraConfig, ModelConfig, ObjectiveConfig, OptimConfig,
+                                         ParallelConfig)
 from opd_megatron.errors import ConfigError
 from opd_megatron.learner import checkpoint as ckpt
 from opd_megatron.learner import cpu_compat
+from opd_megatron.learner import lora as lora_lib
 from opd_megatron.learner.forward import real_vocab_logits, run_schedule, tp_group_or_none
 from opd_megatron.learner.hf_io import load_hf_weights, save_hf_dir
 from opd_megatron.learner.microbatch import norm_count
@@ -28,7 +34,7 @@ from opd_megatron.learner.parallel import device, init_parallel
 from opd_megatron.learner.qwen3 import Qwen3Arch, build_gpt_model, pad_token_id, read_hf_config
 from opd_megatron.learner.schedule import lr_at
 from opd_megatron.learner.scoring import Scorer
-from opd_megatron.learner.weights import gather_hf, load_hf_into
+from opd_megatron.learner.weights import gather_hf, load_hf_into, local_state, unwrap
 from opd_megatron.objective import compute_loss
 from opd_megatron.types import TrainBatch
 
@@ -65,11 +71,12 @@ class Learner(Scorer):
     @cpu_compat.scoped
     def __init__(self, model: ModelConfig, objective: ObjectiveConfig, optim: OptimConfig,
                  parallel: ParallelConfig, *, num_steps: int, seed: int,
-                 sampling_temperature: float = 1.0):
+                 sampling_temperature: float = 1.0, lora: Optional[LoraConfig] = None):
         from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
 
         self.model_cfg, self.objective, self.optim, self.parallel = model, objective, optim, parallel
         self.num_steps, self.seed, self.temperature = num_steps, seed, sampling_temperature
+        self.lora = lora if lora is not None and lora.rank > 0 else None
         self.hf_config = read_hf_config(model.path)
         self.arch = Qwen3Arch.from_hf(self.hf_config, f"{model.path}/config.json")
         self.pad_id = pad_token_id(self.hf_config)
@@ -78,6 +85,9 @@ class Learner(Scorer):
         self.ranks = init_parallel(parallel, seed)
         gpt = build_gpt_model(self.arch, tp=parallel.tp, pp=parallel.pp, dtype=self.dtype)
         load_hf_into(gpt, load_hf_weights(model.path), self.arch, self.ranks)
+        if self.lora is not None:
+            lora_lib.apply_lora(gpt, self.lora, seed=seed, tp=self.ranks.tp,
+                                tp_rank=self.ranks.tp_rank)
         self.model = DistributedDataParallel(
             config=gpt.config, ddp_config=self._ddp_config(), module=gpt)
         gpt.config.finalize_model_grads_func = finalize_model_grads
@@ -170,8 +180,16 @@ class Learner(Scorer):
     # ----- weights out -------------------------------------------------------------------------
     @cpu_compat.scoped
     def hf_state_dict(self) -> Dict[str, torch.Tensor]:
-        """Full HF-named weights on global rank 0 ({} on other ranks). Collective."""
-        return gather_hf(self.model, self.arch, self.ranks)
+        """Full HF-named weights on global rank 0 ({} on other ranks). Collective. With LoRA:
+        the merged weights W + alpha/r * B @ A."""
+        state = None
+        if self.lora is not None:
+            state = lora_lib.merged_state(unwrap(self.model), local_state(self.model))
+        return gather_hf(self.model, self.arch, self.ranks, state=state)
+
+    def num_trainable_params(self) -> int:
+        """Parameters the optimizer steps on this rank's model shard (adapters under LoRA)."""
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     @cpu_compat.scoped
     def export_hf(self, out_dir) -> None:
@@ -200,8 +218,12 @@ class Learner(Scorer):
 
     def _layout(self) -> dict:
         r = self.ranks
-        return {"tp": r.tp, "pp": r.pp, "dp": r.dp, "dtype": str(self.dtype),
-                "distributed_optimizer": self.parallel.distributed_optimizer}
+        layout = {"tp": r.tp, "pp": r.pp, "dp": r.dp, "dtype": str(self.dtype),
+                  "distributed_optimizer": self.parallel.distributed_optimizer}
+        if self.lora is not None:  # absent without LoRA, so older checkpoints still resume
+            layout.update(lora_rank=self.lora.rank, lora_alpha=self.lora.alpha,
+                          lora_targets=list(self.lora.targets))
+        return layout
 
     def logprobs(self, batch: TrainBatch, *, temperature: float | None = None) -> torch.Tensor:
         """[B, S] learner logprobs at the sampling temperature (see scoring.Scorer)."""

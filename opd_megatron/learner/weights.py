@@ -7,7 +7,7 @@ bug or an architecture mismatch fails loudly instead of leaving weights uninitia
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -85,12 +85,15 @@ def _send_stage_to_rank0(stage: StateDict, src: int) -> StateDict:
     return out
 
 
-def gather_hf(model: torch.nn.Module, arch: Qwen3Arch, ranks: Ranks) -> StateDict:
-    """Full HF-named weights on global rank 0 ({} elsewhere). Collective over all ranks."""
+def gather_hf(model: torch.nn.Module, arch: Qwen3Arch, ranks: Ranks,
+              state: Optional[StateDict] = None) -> StateDict:
+    """Full HF-named weights on global rank 0 ({} elsewhere). Collective over all ranks.
+    ``state``: this rank's Megatron-named weights to gather instead of the model's own
+    (e.g. LoRA-merged ones)."""
     from megatron.core import parallel_state as ps
 
     gpt = unwrap(model)
-    tp_shards = _all_gather_tp(local_state(gpt))
+    tp_shards = _all_gather_tp(local_state(gpt) if state is None else state)
     stage: StateDict = {}
     if ranks.tp_rank == 0 and ranks.dp_rank == 0:
         # Copies: some entries (norms) would otherwise alias the live, still-training params.
