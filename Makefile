@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup demo compare test test-fast bench lint clean
+.PHONY: setup demo compare continual test test-fast bench lint clean
 
 setup:
 	bash scripts/setup_env.sh
@@ -19,6 +19,10 @@ compare: setup
 	$(PY) -m opd_megatron run recipes/rl-tiny-cpu.yaml run.quiet=true
 	$(PY) -m opd_megatron run recipes/opd-tiny-cpu.yaml run.quiet=true
 	$(PY) -m opd_megatron report --compare runs/sft-tiny-cpu runs/rl-tiny-cpu runs/opd-tiny-cpu
+
+# Continual learning: mid-train on new facts, then OPD from the round's starting checkpoint.
+continual: setup
+	$(PY) -m opd_megatron continual recipes/continual-tiny-cpu.yaml run.quiet=true
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -24,6 +24,7 @@ EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT, EXIT_PREEMPTED = 0, 1, 2, 3
 
 # Subcommands owned by other modules: name -> (module, help).
 DELEGATED = {
+    "continual": ("opd_megatron.continual", "mid-train on new documents, then OPD from an earlier checkpoint; rounds"),
     "convert": ("opd_megatron.learner.convert", "HF <-> Megatron checkpoint conversion"),
     "eval": ("opd_megatron.evaluation.cli", "evaluate a model (AIME/MATH500/GPQA/tiny task)"),
     "flops": ("opd_megatron.flops", "FLOPs account for models and token counts"),

@@ -298,6 +298,28 @@ class ClusterConfig:
 
 
 @dataclass
+class ContinualConfig:
+    """``opd continual``: rounds of mid-training on new documents, each followed by OPD from an
+    earlier checkpoint of the run to bring the assistant behaviour back."""
+
+    rounds: int = 1
+    """Rounds of (mid-train, OPD); round r trains on fact set data.facts_seed + r."""
+    midtrain_steps: int = 100
+    """SFT steps on the round's documents (data.source=midtrain, mixed per data.chat_ratio)."""
+    midtrain_lr: float = 1.0e-3
+    """Learning rate of the mid-training phase (the OPD phase uses optim.lr)."""
+    opd_steps: int = 50
+    """On-policy distillation steps on instruct prompts after each mid-training."""
+    teacher: str = "round_start"
+    """The OPD teacher: round_start (the checkpoint the round began from) | base (the run's
+    first model, every round)."""
+    eval_facts: int = 200
+    """Facts of each round asked back after every phase (knowledge recall)."""
+    eval_instructions: int = 200
+    """Held-out instruct prompts after every phase (instruction following + accuracy)."""
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
@@ -313,6 +335,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
 
 
 CHOICES = {
@@ -320,6 +343,7 @@ CHOICES = {
     "student.dtype": ("float32", "bfloat16", "float16"),
     "teacher.dtype": ("float32", "bfloat16", "float16"),
     "data.source": ("arithmetic", "instruct", "midtrain", "jsonl", "hf"),
+    "continual.teacher": ("round_start", "base"),
     "data.chat_template": ("none", "tokenizer"),
     "data.sft_targets": ("teacher", "reference"),
     "objective.method": ("opd", "sft", "rl", "opd+reward"),

@@ -1,0 +1,186 @@
+"""``opd continual``: mid-train on new documents, then on-policy distillation from an earlier
+checkpoint of the same run to restore the assistant behaviour; repeat for continual.rounds.
+
+Each phase is an ordinary ``opd run`` (its own run directory, config.yaml, checkpoints and
+report under ``runs/<name>/``), derived from the recipe:
+
+- ``round<r>-midtrain``: sft on data.source=midtrain (documents of fact set
+  data.facts_seed + r, mixed with instruct samples at data.chat_ratio) for
+  continual.midtrain_steps at continual.midtrain_lr;
+- ``round<r>-opd``: the recipe's objective (opd) on instruct prompts for continual.opd_steps,
+  the student being the mid-trained model and the teacher the round's starting checkpoint
+  (continual.teacher=round_start) or the run's first model (base).
+
+After every phase the model is asked back every fact of every round so far (knowledge recall)
+and given held-out instruct prompts (instruction following: the format constraint of each
+kind, checked by a function; and the answer's accuracy). ``continual.json`` and
+``continual.md`` hold the table. Finished phases are skipped on a rerun, so a killed run
+resumes: an unfinished phase resumes from its own checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from opd_megatron.config import to_yaml
+from opd_megatron.config.schema import Config
+from opd_megatron.errors import ConfigError, RuntimeFailure
+from opd_megatron.rundir import run_dir_of
+from opd_megatron.tasks import knowledge
+from opd_megatron.tasks.arithmetic import is_correct
+
+
+def phases(cfg: Config, root: Path) -> List[Tuple[str, Config]]:
+    """The phase configs of the whole run, in order (later students are earlier exports)."""
+    c, out = cfg.continual, []
+    base = cfg.student.path
+    current = base
+    for r in range(1, c.rounds + 1):
+        mid = copy.deepcopy(cfg)
+        mid.run.name, mid.run.output_dir = f"round{r}-midtrain", str(root)
+        mid.run.num_steps, mid.optim.lr = c.midtrain_steps, c.midtrain_lr
+        mid.student.path, mid.student.prepare = current, None
+        mid.teacher.path, mid.teacher.prepare = "", None
+        mid.objective.method, mid.objective.kl_estimator = "sft", "sampled_token"
+        mid.data.source, mid.data.sft_targets = "midtrain", "reference"
+        mid.data.facts_seed = cfg.data.facts_seed + r
+        mid.eval.interval = 0
+        opd = copy.deepcopy(cfg)
+        opd.run.name, opd.run.output_dir = f"round{r}-opd", str(root)
+        opd.run.num_steps = c.opd_steps
+        opd.student.path, opd.student.prepare = str(root / mid.run.name / "hf"), None
+        opd.teacher.path = current if c.teacher == "round_start" else base
+        opd.teacher.prepare = None
+        opd.data.source = "instruct"
+        out += [(mid.run.name, mid), (opd.run.name, opd)]
+        current = str(root / opd.run.name / "hf")
+    return out
+
+
+def _phase_done(run_dir: Path) -> bool:
+    try:
+        return bool(json.loads((run_dir / "summary.json").read_text()).get("completed"))
+    except (OSError, ValueError):
+        return False
+
+
+def _run_phase(name: str, phase: Config, root: Path) -> None:
+    path = root / "phases" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_yaml(phase))
+    print(f"[continual] {name}: opd run {path}", flush=True)
+    code = subprocess.call([sys.executable, "-m", "opd_megatron", "run", str(path)],
+                           env=dict(os.environ, PYTHONHASHSEED=os.environ.get("PYTHONHASHSEED", "0")))
+    if code != 0:
+        raise RuntimeFailure(f"continual phase {name} failed with exit code {code} "
+                             f"(see {root / name}); rerun the same command to resume it")
+
+
+# ----- evaluation -------------------------------------------------------------------------------
+def _greedy(model, tokenizer, prompts: List[str], max_new_tokens: int, batch: int = 256) -> List[str]:
+    import torch
+
+    out: List[str] = []
+    for i in range(0, len(prompts), batch):
+        enc = tokenizer(prompts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def evaluate_model(model_dir: str, cfg: Config, rounds_seen: int) -> Dict[str, Any]:
+    """Knowledge recall per fact set, instruction following per kind, accuracy (greedy)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    c, d = cfg.continual, cfg.data
+    result: Dict[str, Any] = {"model": model_dir, "recall": {}}
+    for r in range(1, max(rounds_seen, 1) + 1):
+        facts = knowledge.facts(d.facts_seed + r, d.num_facts)[:c.eval_facts]
+        answers = _greedy(model, tokenizer, [knowledge.recall_prompt(k) for k, _ in facts], 4)
+        result["recall"][f"round{r}"] = sum(knowledge.recalled(a, v) for a, (_, v) in zip(answers, facts)) / len(facts)
+    tasks = knowledge.heldout_instructions(d.num_heldout, d.min_ops, d.max_ops)[:c.eval_instructions]
+    answers = _greedy(model, tokenizer, [t.prompt for t in tasks], cfg.eval.max_new_tokens)
+    for kind in knowledge.KINDS:
+        pairs = [(t, a) for t, a in zip(tasks, answers) if t.kind == kind]
+        result[f"follows_{kind}"] = sum(knowledge.complies(kind, a) for _, a in pairs) / max(len(pairs), 1)
+    result["follows"] = sum(knowledge.complies(t.kind, a) for t, a in zip(tasks, answers)) / len(tasks)
+    result["accuracy"] = sum(is_correct(a, t.answer) for t, a in zip(tasks, answers)) / len(tasks)
+    return result
+
+
+def table(rows: List[Dict[str, Any]], rounds: int) -> str:
+    head = ["phase"] + [f"recall round {r}" for r in range(1, rounds + 1)] + [
+        "IF: steps", "IF: answer only", "IF overall", "accuracy"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        recall = [f"{row['recall'][f'round{r}']:.1%}" if f"round{r}" in row["recall"] else "-"
+                  for r in range(1, rounds + 1)]
+        cells = [row["phase"], *recall, f"{row['follows_steps']:.1%}", f"{row['follows_answer']:.1%}",
+                 f"{row['follows']:.1%}", f"{row['accuracy']:.1%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_continual(cfg: Config) -> int:
+    from opd_megatron.prepare import ensure_model
+    from opd_megatron.runner import _run_prepare_recipe
+
+    if cfg.objective.method not in ("opd", "opd_reward"):
+        raise ConfigError(f"objective.method: the continual recipe distils with opd or opd_reward, "
+                          f"not {cfg.objective.method}")
+    root = run_dir_of(cfg)
+    ensure_model(cfg.student, "student", _run_prepare_recipe)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(to_yaml(cfg))
+    results_path = root / "continual.json"
+    done: Dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    rows: List[Dict[str, Any]] = []
+
+    def record(phase: str, model_dir: str, rounds_seen: int) -> None:
+        row = done.get(phase) if done.get(phase, {}).get("model") == model_dir else None
+        row = row or {"phase": phase, **evaluate_model(model_dir, cfg, rounds_seen)}
+        done[phase] = row
+        rows.append(row)
+        results_path.write_text(json.dumps(done, indent=2, sort_keys=True) + "\n")
+        print(f"[continual] {phase}: recall {row['recall']}, follows {row['follows']:.1%} "
+              f"(steps {row['follows_steps']:.1%}, answer {row['follows_answer']:.1%}), "
+              f"accuracy {row['accuracy']:.1%}", flush=True)
+
+    record("base", cfg.student.path, 1)
+    for i, (name, phase) in enumerate(phases(cfg, root)):
+        if not _phase_done(root / name):
+            _run_phase(name, phase, root)
+        record(name, str(root / name / "hf"), i // 2 + 1)
+    text = table(rows, cfg.continual.rounds)
+    (root / "continual.md").write_text(
+        f"# Continual learning: {cfg.run.name}\n\n{text}\n\nrecall: greedy answer to ';key=' equals the "
+        "fact's value; IF: the response meets its instruction's format (a function checks it); "
+        "accuracy: the final answer is right.\n")
+    print(text, flush=True)
+    return 0
+
+
+def cli_main(argv: Optional[List[str]] = None) -> int:
+    import argparse
+
+    from opd_megatron.config import load_and_validate
+
+    p = argparse.ArgumentParser(prog="opd continual", description=__doc__.split("\n")[0])
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    cfg, _ = load_and_validate(args.recipe, args.overrides)
+    return run_continual(cfg)
