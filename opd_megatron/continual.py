@@ -13,7 +13,9 @@ report under ``runs/<name>/``), derived from the recipe:
 
 After every phase the model is asked back every fact of every round so far (knowledge recall)
 and given held-out instruct prompts (instruction following: the format constraint of each
-kind, checked by a function; and the answer's accuracy). ``continual.json`` and
+kind, checked by a function; and the answer's accuracy). The phases' ``eval.benchmarks``
+(``ifeval``: real IFEval, opd_megatron.evaluation.ifeval, on clusters) are added as columns:
+the base's from the first phase's first eval, each phase's from its last. ``continual.json`` and
 ``continual.md`` hold the table. Finished phases are skipped on a rerun, so a killed run
 resumes: an unfinished phase resumes from its own checkpoint.
 """
@@ -121,15 +123,30 @@ def evaluate_model(model_dir: str, cfg: Config, rounds_seen: int) -> Dict[str, A
     return result
 
 
+def benchmark_scores(run_dir: Path, *, first: bool) -> Dict[str, float]:
+    """avg@k of the phase's eval.benchmarks (real IFEval, AIME, ... on clusters) at its first
+    eval (the model it started from) or its last (the model it produced)."""
+    path = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    evals = [r for r in records if "accuracy" in r]
+    if not evals:
+        return {}
+    suffix = "_avg_at_k"
+    return {k[:-len(suffix)]: v for k, v in evals[0 if first else -1].items() if k.endswith(suffix)}
+
+
 def table(rows: List[Dict[str, Any]], rounds: int) -> str:
+    benches = sorted({b for row in rows for b in row.get("benchmarks", {})})
     head = ["phase"] + [f"recall round {r}" for r in range(1, rounds + 1)] + [
-        "IF: steps", "IF: answer only", "IF overall", "accuracy"]
+        "IF: steps", "IF: answer only", "IF overall", "accuracy"] + benches
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         recall = [f"{row['recall'][f'round{r}']:.1%}" if f"round{r}" in row["recall"] else "-"
                   for r in range(1, rounds + 1)]
+        scores = row.get("benchmarks", {})
         cells = [row["phase"], *recall, f"{row['follows_steps']:.1%}", f"{row['follows_answer']:.1%}",
-                 f"{row['follows']:.1%}", f"{row['accuracy']:.1%}"]
+                 f"{row['follows']:.1%}", f"{row['accuracy']:.1%}",
+                 *(f"{scores[b]:.1%}" if b in scores else "-" for b in benches)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -164,6 +181,11 @@ def run_continual(cfg: Config) -> int:
         if not _phase_done(root / name):
             _run_phase(name, phase, root)
         record(name, str(root / name / "hf"), i // 2 + 1)
+    names = [name for name, _ in phases(cfg, root)]
+    rows[0]["benchmarks"] = benchmark_scores(root / names[0], first=True)  # the base, before phase 1
+    for row, name in zip(rows[1:], names):
+        row["benchmarks"] = benchmark_scores(root / name, first=False)
+    results_path.write_text(json.dumps(done, indent=2, sort_keys=True) + "\n")
     text = table(rows, cfg.continual.rounds)
     (root / "continual.md").write_text(
         f"# Continual learning: {cfg.run.name}\n\n{text}\n\nrecall: greedy answer to ';key=' equals the "

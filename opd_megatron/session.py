@@ -235,7 +235,14 @@ class Session:
     def _evaluate(self, step: int) -> Dict[str, Any]:
         if self.synced_version != step:
             self._sync(step)
-        return {"accuracy": self._accuracy(self.student_client), "reverse_kl": self._reverse_kl()}
+        out = {"accuracy": self._accuracy(self.student_client), "reverse_kl": self._reverse_kl()}
+        if self.cfg.eval.benchmarks:
+            from opd_megatron.evaluation.cli import client_generate_fn
+            from opd_megatron.evaluation.runner import evaluate_benchmarks
+
+            generate = client_generate_fn(self.student_client, self.tokenizer, self.cfg.data.chat_template)
+            out.update(evaluate_benchmarks(self.cfg.eval, generate, seed=self.cfg.run.seed))
+        return out
 
     # ----- checkpoints -------------------------------------------------------------------------
     def _checkpoint(self, step: int) -> None:

@@ -53,6 +53,7 @@ CASES = [
     ("negative-restarts", ["engines.max_restarts=-1"], None, "engines.max_restarts"),
     ("chat-ratio-range", ["data.chat_ratio=1.5"], None, "data.chat_ratio"),
     ("bad-data-source", ["data.source=documents"], None, "data.source"),
+    ("unknown-benchmark", ["eval.benchmarks=[ifevl]"], None, "eval.benchmarks"),
     ("wrong-type-int", ["run.num_steps=abc"], None, "run.num_steps"),
     ("float-for-int", ["rollout.max_new_tokens=1.5"], None, "rollout.max_new_tokens"),
     ("wrong-type-bool", ["run.quiet=maybe"], None, "run.quiet"),

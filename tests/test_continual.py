@@ -86,6 +86,7 @@ def test_continual_short_form_end_to_end_and_resume(tmp_path):
            "continual.eval_facts=30", "continual.eval_instructions=30", "rollout.prompts_per_step=8",
            "eval.num_prompts=8", "checkpoint.interval=0", "run.quiet=true", "engines.device=cpu",
            "engines.base_port=31900", "data.chat_ratio=0.25", "run.name=continual-ci",
+           "eval.benchmarks=[arithmetic]",  # on clusters: ifeval, aime24, ...
            f"student.path={BASE}", f"teacher.path={BASE}", "student.prepare=null", "teacher.prepare=null"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     log = tmp_path / "continual.log"
@@ -106,7 +107,9 @@ def test_continual_short_form_end_to_end_and_resume(tmp_path):
         assert summary["completed"], phase
     assert json.loads((root / "round1-midtrain/summary.json").read_text())["method"] == "sft"
     table = (root / "continual.md").read_text()
-    assert "| round1-opd |" in table and "IF: answer only" in table
+    assert "| round1-opd |" in table and "IF: answer only" in table and "| arithmetic |" in table
+    for row in results.values():  # the phases' eval.benchmarks as a column, base included
+        assert 0.0 <= row["benchmarks"]["arithmetic"] <= 1.0
     # a rerun skips the finished phases and reuses their evaluations
     with log.open("w") as out:
         code = subprocess.run(cmd + [f"run.output_dir={tmp_path / 'runs'}"], cwd=tmp_path, stdout=out,

@@ -54,7 +54,7 @@ def loop_env(engine_models, student_server, teacher_server, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name,recipe,extra", [
-    ("opd", "opd-tiny-cpu.yaml", []),
+    ("opd", "opd-tiny-cpu.yaml", ["eval.benchmarks=[arithmetic]"]),
     ("sft", "sft-tiny-cpu.yaml", []),
     ("rl", "rl-tiny-cpu.yaml", ["rollout.prompts_per_step=2", "rollout.samples_per_prompt=4"]),
     ("opd-megatron-teacher", "opd-tiny-cpu.yaml", ["objective.teacher_backend=megatron"]),
@@ -91,6 +91,8 @@ def test_methods_run_end_to_end(loop_env, name, recipe, extra):
         # SGLang's sampler logprobs (fp32 server) vs the Megatron learner's recompute on the
         # same weights: |logp_sampler - logp_learner| per response token, fp32 both sides.
         assert all(r["mismatch_abs"] < 1e-4 for r in train), [r["mismatch_abs"] for r in train]
+        evals = [r for r in recs if "accuracy" in r]  # eval.benchmarks ran at the first and last eval
+        assert len(evals) == 2 and all(0.0 <= r["arithmetic_avg_at_k"] <= 1.0 for r in evals)
     if name == "rl":
         assert "reward_mean" in train[0] and flops["teacher_scoring"] == 0
 

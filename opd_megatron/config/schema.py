@@ -256,7 +256,8 @@ class EvalConfig:
     preset: str = "none"
     """none | qwen3 (T 0.6, top-p 0.95, top-k 20, 64 samples) | tml (32 samples)."""
     benchmarks: List[str] = field(default_factory=list)
-    """Extra benchmarks: aime24 | aime25 | math500 | gpqa_diamond."""
+    """Extra benchmarks at every eval, on the student servers: aime24 | aime25 | math500 |
+    gpqa_diamond | ifeval (datasets at run time) | arithmetic (the tiny task)."""
 
 
 @dataclass

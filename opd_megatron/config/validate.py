@@ -108,6 +108,11 @@ def check_choices(cfg: Config) -> None:
         value = _get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}: '{value}' is not allowed; choose one of: {', '.join(allowed)}")
+    from opd_megatron.evaluation.benchmarks import BENCHMARKS
+
+    for name in cfg.eval.benchmarks:
+        if name not in BENCHMARKS:
+            raise ConfigError(f"eval.benchmarks: '{name}' is not a benchmark; choose from: {', '.join(BENCHMARKS)}")
 
 
 def check_ranges(cfg: Config) -> None:

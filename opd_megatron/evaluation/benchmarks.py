@@ -13,7 +13,12 @@ math500        HuggingFaceH4/MATH-500                          test   problem, a
 gpqa_diamond   Idavidrein/gpqa (gpqa_diamond; gated: HF token) train  Question, Correct
                                                                       Answer, Incorrect
                                                                       Answer 1..3
+ifeval         google/IFEval                                   train  key, prompt,
+                                                                      instruction_id_list,
+                                                                      kwargs
 =============  ==============================================  =====  ===================
+
+IFEval is graded by opd_megatron.evaluation.ifeval (strict prompt-level accuracy).
 
 GPQA's four options are shuffled per question with a seed (the dataset stores the correct
 answer first), so the gold letter is uniform over A-D and fixed for a given seed.
@@ -63,7 +68,7 @@ class HFSource:
     dataset: str
     config: Optional[str]
     split: str
-    kind: str  # "math" | "choice"
+    kind: str  # "math" | "choice" | "ifeval"
 
 
 HF_SOURCES = {
@@ -71,6 +76,7 @@ HF_SOURCES = {
     "aime25": HFSource("math-ai/aime25", None, "test", "math"),
     "math500": HFSource("HuggingFaceH4/MATH-500", None, "test", "math"),
     "gpqa_diamond": HFSource("Idavidrein/gpqa", "gpqa_diamond", "train", "choice"),
+    "ifeval": HFSource("google/IFEval", None, "train", "ifeval"),
 }
 BENCHMARKS = tuple(HF_SOURCES) + ("arithmetic",)
 
@@ -141,6 +147,12 @@ def load_benchmark(name: str, *, data_files: Optional[str] = None, limit: Option
         rows = rows[:limit]
     if HF_SOURCES[name].kind == "choice":
         return Benchmark(name, _gpqa_problems(rows, seed), grade_choice, {"seed": seed})
+    if HF_SOURCES[name].kind == "ifeval":
+        from opd_megatron.evaluation import ifeval
+
+        problems = [EvalProblem(str(row.get("key", i)), str(row.get("prompt", "")),
+                                ifeval.encode_instructions(row, f"row {i}")) for i, row in enumerate(rows)]
+        return Benchmark(name, problems, ifeval.grade)
     return Benchmark(name, _math_problems(rows, name), grade_math)
 
 

@@ -45,12 +45,16 @@ def engine_generate_fn(server_url: str, tokenizer, chat_template: str) -> Genera
     """A generate_fn backed by the project's SGLang client."""
     try:
         from opd_megatron.config.schema import EnginesConfig
-        from opd_megatron.data import encode_prompt
         from opd_megatron.engines import EngineClient
     except ImportError as err:
         raise ConfigError(f"--server-url needs opd_megatron.engines ({err}); install the engines "
                           "requirements (requirements/sglang-cpu.txt)") from None
-    client = EngineClient.from_config([server_url], EnginesConfig())
+    return client_generate_fn(EngineClient.from_config([server_url], EnginesConfig()), tokenizer, chat_template)
+
+
+def client_generate_fn(client, tokenizer, chat_template: str) -> GenerateFn:
+    """A generate_fn over an EngineClient (``opd eval`` and the loop's eval.benchmarks)."""
+    from opd_megatron.data import encode_prompt
 
     def generate(prompts: List[str], n: int, s: SamplingParams) -> List[List[str]]:
         ids = [encode_prompt(tokenizer, p, chat_template) for p in prompts]
