@@ -176,14 +176,14 @@ def run_continual(cfg: Config) -> int:
               f"(steps {row['follows_steps']:.1%}, answer {row['follows_answer']:.1%}), "
               f"accuracy {row['accuracy']:.1%}", flush=True)
 
+    plan = phases(cfg, root)
     record("base", cfg.student.path, 1)
-    for i, (name, phase) in enumerate(phases(cfg, root)):
+    for i, (name, phase) in enumerate(plan):
         if not _phase_done(root / name):
             _run_phase(name, phase, root)
         record(name, str(root / name / "hf"), i // 2 + 1)
-    names = [name for name, _ in phases(cfg, root)]
-    rows[0]["benchmarks"] = benchmark_scores(root / names[0], first=True)  # the base, before phase 1
-    for row, name in zip(rows[1:], names):
+    rows[0]["benchmarks"] = benchmark_scores(root / plan[0][0], first=True)  # the base, before phase 1
+    for row, (name, _) in zip(rows[1:], plan):
         row["benchmarks"] = benchmark_scores(root / name, first=False)
     results_path.write_text(json.dumps(done, indent=2, sort_keys=True) + "\n")
     text = table(rows, cfg.continual.rounds)

@@ -98,22 +98,28 @@ def uses_megatron_teacher(cfg: Config) -> bool:
 
 def _follow(cfg: Config) -> int:
     """A learner rank > 0 under torchrun: build the learner, mirror rank 0's calls."""
-    from opd_megatron.learner import Learner
     from opd_megatron.spmd import follow
 
     for role in ("student", "teacher"):
         if getattr(cfg, role).path and not Path(getattr(cfg, role).path).exists():
             raise ConfigError(f"{role}.path: {getattr(cfg, role).path} must exist before a multi-process "
                               f"run (run its prepare recipe once in one process first)")
-    targets = {"learner": Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel,
-                                  num_steps=cfg.run.num_steps, seed=cfg.run.seed,
-                                  sampling_temperature=cfg.rollout.temperature, lora=cfg.lora)}
-    if uses_megatron_teacher(cfg):
-        from opd_megatron.learner import FrozenTeacher
-
-        targets["teacher"] = FrozenTeacher(cfg.teacher, cfg.parallel, seed=cfg.run.seed)
-    follow(targets)
+    follow(build_learner_side(cfg))
     return 0
+
+
+def build_learner_side(cfg: Config) -> Dict[str, Any]:
+    """What every learner rank builds, in the same order on all of them (the constructors are
+    collective): ``learner`` (the student), and ``teacher`` when it scores inside Megatron."""
+    from opd_megatron.learner import FrozenTeacher, Learner
+
+    built: Dict[str, Any] = {"learner": Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel,
+                                                num_steps=cfg.run.num_steps, seed=cfg.run.seed,
+                                                sampling_temperature=cfg.rollout.temperature,
+                                                lora=cfg.lora)}
+    if uses_megatron_teacher(cfg):
+        built["teacher"] = FrozenTeacher(cfg.teacher, cfg.parallel, seed=cfg.run.seed)
+    return built
 
 
 def _finish(cfg: Config, run_dir: Path, session: Any, wall_s: float, error: Optional[str]) -> None:

@@ -19,7 +19,7 @@ from opd_megatron.spmd import Collective, stop_followers, world_size
 from opd_megatron.batching import pack_rollouts
 from opd_megatron.loop import Components, train
 from opd_megatron.plan import step_roles
-from opd_megatron.runner import uses_megatron_teacher
+from opd_megatron.runner import build_learner_side
 from opd_megatron.tasks.arithmetic import is_correct
 from opd_megatron.types import Rollout
 
@@ -46,7 +46,9 @@ class Session:
         self.num_restarts = 0
         self.groups: Dict[str, Any] = {}
         self.components: Optional[Components] = None
-        self._training_call = False
+        # OPD_FAULT_KILL_SERVER, read once: role -> training step whose call is hit (once each)
+        self._kill_at = {role: int(step) for role, step in (
+            item.split("@") for item in os.environ.get(FAULT_KILL_SERVER_ENV, "").split(",") if "@" in item)}
 
     # ----- set-up -------------------------------------------------------------------------
     def _needs_teacher_server(self) -> bool:
@@ -78,23 +80,18 @@ class Session:
         from transformers import AutoTokenizer
 
         from opd_megatron.flops import FlopsCounter, resolve_shape
-        from opd_megatron.learner import Learner
 
         cfg = self.cfg
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.student.tokenizer or cfg.student.path)
         self._start_servers()
-        learner = Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel,
-                          num_steps=cfg.run.num_steps, seed=cfg.run.seed,
-                          sampling_temperature=cfg.rollout.temperature, lora=cfg.lora)
-        self.learner = Collective(learner, "learner") if world_size() > 1 else learner
         if world_size() > 1:
             self.stack.callback(stop_followers)
+        built = {role: Collective(obj, role) if world_size() > 1 else obj
+                 for role, obj in build_learner_side(cfg).items()}
+        self.learner = built["learner"]
         self.teacher_score_fn = self._sglang_teacher_score if self.teacher_client is not None else None
-        if uses_megatron_teacher(cfg):
-            from opd_megatron.learner import FrozenTeacher
-
-            teacher = FrozenTeacher(cfg.teacher, cfg.parallel, seed=cfg.run.seed)
-            self.frozen_teacher = Collective(teacher, "teacher") if world_size() > 1 else teacher
+        if "teacher" in built:
+            self.frozen_teacher = built["teacher"]
             self.teacher_score_fn = self._megatron_teacher_score
         shape = lambda m: resolve_shape(m.flops_name or m.path)  # noqa: E731
         self.flops = FlopsCounter(shape(cfg.student), shape(cfg.teacher) if cfg.teacher.path else None)
@@ -118,12 +115,12 @@ class Session:
         if client is None:
             client = self.teacher_client if cfg.objective.method == "sft" else self.student_client
         role = "teacher" if client is self.teacher_client else "student"
-        rollouts = self._engine_call(lambda: client.generate(
-            self._encode(prompts), samples_per_prompt=samples or r.samples_per_prompt,
-            max_new_tokens=max_new_tokens or r.max_new_tokens,
-            temperature=r.temperature if temperature is None else temperature,
-            top_p=r.top_p, top_k=r.top_k, seed=_sampling_seed(cfg.run.seed, self.prompts.cursor, seed_offset)),
-            fault=role if seed_offset == 0 else None)
+        with self._injected_kill(role if seed_offset == 0 else None):
+            rollouts = self._engine_call(lambda: client.generate(
+                self._encode(prompts), samples_per_prompt=samples or r.samples_per_prompt,
+                max_new_tokens=max_new_tokens or r.max_new_tokens,
+                temperature=r.temperature if temperature is None else temperature,
+                top_p=r.top_p, top_k=r.top_k, seed=_sampling_seed(cfg.run.seed, self.prompts.cursor, seed_offset)))
         for ro in rollouts:
             ro.answer = prompts[ro.group_id].answer
         return rollouts
@@ -140,18 +137,14 @@ class Session:
     def _score(self, rollouts: List[Rollout]) -> None:
         o = self.cfg.objective
         top_k = o.teacher_top_k if o.kl_estimator == "full_vocab" else 0
-        self._training_call = True
-        try:
+        with self._injected_kill("teacher"):
             self.teacher_score_fn(rollouts, temperature=o.teacher_temperature, top_k=top_k)
-        finally:
-            self._training_call = False
         self.num_scored += 1
         if self.num_scored == int(os.environ.get(FAULT_NAN_TEACHER_ENV, "0")):
             _poison(rollouts[0])
 
     def _sglang_teacher_score(self, rollouts: List[Rollout], *, temperature: float, top_k: int) -> None:
-        self._engine_call(lambda: self.teacher_client.score(rollouts, temperature=temperature, top_k=top_k),
-                          fault="teacher" if self._training_call else None)
+        self._engine_call(lambda: self.teacher_client.score(rollouts, temperature=temperature, top_k=top_k))
 
     def _megatron_teacher_score(self, rollouts: List[Rollout], *, temperature: float, top_k: int) -> None:
         """The frozen teacher inside Megatron fills the same Rollout fields as SGLang scoring."""
@@ -178,7 +171,7 @@ class Session:
         self.synced_version = version
 
     # ----- server failures ---------------------------------------------------------------------
-    def _engine_call(self, call, *, resync: bool = True, fault: Optional[str] = None):
+    def _engine_call(self, call, *, resync: bool = True):
         """Run one engine call; when a server of ours died or stopped answering, restart it,
         give a student server the learner's current weights (``resync``; a weight push redoes
         that itself) and call again, at most ``engines.max_restarts`` times. The loop's step is
@@ -189,8 +182,7 @@ class Session:
         restarts_left = self.cfg.engines.max_restarts
         while True:
             try:
-                with _injected_kill(self, fault):
-                    return call()
+                return call()
             except EngineUnavailable as exc:
                 if restarts_left <= 0 or not self._recover(resync, check_health=True):
                     raise
@@ -209,6 +201,27 @@ class Session:
             if urls and role == "student" and resync:
                 self.weight_sync.push(self.learner.hf_state_dict(), self.synced_version)
         return restarted
+
+    @contextmanager
+    def _injected_kill(self, role: Optional[str]):
+        """OPD_FAULT_KILL_SERVER: SIGKILL ``role``'s first launched server 0.1 s into the
+        training call of the named step (once), so the request in flight fails."""
+        import signal
+        import threading
+
+        step = self.prompts.cursor // self.cfg.rollout.prompts_per_step
+        group = self.groups.get(role) if role is not None else None
+        if self._kill_at.get(role) != step or group is None or not group.processes:
+            yield
+            return
+        del self._kill_at[role]
+        proc = group.processes[0]
+        timer = threading.Timer(0.1, lambda: os.killpg(proc.pid, signal.SIGKILL))
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.join()
 
     # ----- evaluation ------------------------------------------------------------------------
     def _accuracy(self, client) -> float:
@@ -313,30 +326,6 @@ class Session:
             "num_skipped_steps": c.num_skipped if c else 0,
             "num_server_restarts": self.num_restarts,
         }
-
-
-@contextmanager
-def _injected_kill(session: "Session", role: Optional[str]):
-    """OPD_FAULT_KILL_SERVER: SIGKILL ``role``'s first server 0.1 s into the training call of
-    the named step (once), so the request in flight fails."""
-    import signal
-    import threading
-
-    spec = dict(item.split("@") for item in os.environ.get(FAULT_KILL_SERVER_ENV, "").split(",") if "@" in item)
-    step = session.prompts.cursor // session.cfg.rollout.prompts_per_step
-    fired = session.__dict__.setdefault("_faults_fired", set())
-    if role is None or spec.get(role) != str(step) or (role, step) in fired \
-            or role not in session.groups or not session.groups[role].processes:
-        yield
-        return
-    fired.add((role, step))
-    proc = session.groups[role].processes[0]
-    timer = threading.Timer(0.1, lambda: os.killpg(proc.pid, signal.SIGKILL))
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.join()
 
 
 def _checkpoint_write_error(target: Path, exc: BaseException, previous: Optional[Path]):
