@@ -84,10 +84,10 @@ class Session:
         cfg = self.cfg
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.student.tokenizer or cfg.student.path)
         self._start_servers()
+        built = build_learner_side(cfg)  # initialises torch.distributed under torchrun
         if world_size() > 1:
             self.stack.callback(stop_followers)
-        built = {role: Collective(obj, role) if world_size() > 1 else obj
-                 for role, obj in build_learner_side(cfg).items()}
+            built = {role: Collective(obj, role) for role, obj in built.items()}
         self.learner = built["learner"]
         self.teacher_score_fn = self._sglang_teacher_score if self.teacher_client is not None else None
         if "teacher" in built:

@@ -47,13 +47,19 @@ class Collective:
 
 
 def stop_followers() -> None:
+    import torch.distributed as dist
+
     _broadcast((STOP, STOP, (), {}))
+    dist.barrier()  # rank 0 must not exit (closing its sockets) before every follower has read STOP
 
 
 def follow(targets: dict) -> None:
     """Ranks > 0: make every call rank 0 makes on ``targets[key]``, until it says stop."""
+    import torch.distributed as dist
+
     while True:
         key, name, args, kwargs = _broadcast(None)
         if key == STOP:
+            dist.barrier()
             return
         getattr(targets[key], name)(*args, **kwargs)

@@ -135,8 +135,16 @@ def build_server_command(model: ModelConfig, role: EngineRoleConfig, *, host: st
     return cmd + list(role.extra_args)
 
 
+# Set by torchrun for the learner's ranks; a server that inherits them joins the learner's
+# rendezvous in its own torch.distributed init and never starts.
+LAUNCHER_DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                      "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR",
+                      "MASTER_PORT")
+
+
 def server_env(device: str) -> Dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items()
+           if k not in LAUNCHER_DIST_VARS and not k.startswith("TORCHELASTIC_")}
     if device == "cpu":
         env["SGLANG_USE_CPU_ENGINE"] = "1"
         env["OPD_SGLANG_SEEDED_SAMPLING"] = "1"  # shims/sgl_kernel: per-request seeds on CPU
