@@ -22,6 +22,11 @@ The formulas (one place, used by the loop, the report and the CLI):
   sequence of L tokens (mean context (L+1)/2) this equals Kaplan's ``2 n_layer n_ctx d_attn``
   with n_ctx = L, and PaLM's ``6N + 12 L H Q T`` for training.
 * training FLOPs per token = 3 x forward (forward + backward of activations and weights).
+  With LoRA (``lora.rank`` > 0) the base weights are frozen: their backward computes only the
+  activation gradients, so training is about ``4 N + 6 N_lora + 3 x attention`` per token
+  (exact form in ``train_flops_per_token``), where ``N_lora`` (``lora_params``) is the
+  adapters' ``r (d_in + d_out)`` per adapted linear. The learner's forward passes also run the
+  adapters (``2 N_lora``); the servers get the merged weights and cost 2N.
 * Roles: student_sampling (prefill + decode of the student, forward), teacher_sampling
   (the teacher generating SFT data, forward), teacher_scoring (one teacher prefill over
   prompt + response), learner_train (fwd + bwd), learner_recompute (learner logprob forward).
@@ -53,9 +58,6 @@ ROLES = ("student_sampling", "teacher_sampling", "teacher_scoring", "learner_tra
          "learner_recompute")
 TEACHER_ROLES = ("teacher_sampling", "teacher_scoring")
 STUDENT_ROLES = ("student_sampling", "learner_train", "learner_recompute")
-# Passes over the weights per token: forward = 1, training = forward + 2x backward.
-ROLE_PASSES = {"student_sampling": 1, "teacher_sampling": 1, "teacher_scoring": 1,
-               "learner_train": 3, "learner_recompute": 1}
 DEFAULT_CONTEXT_TOKENS = 2048
 """Mean attended context of a 4K-token sequence (the TML recipe's max_tokens 4096)."""
 
@@ -154,14 +156,42 @@ def resolve_shape(name_or_path: str) -> ModelShape:
                       "or an HF model directory / config.json path")
 
 
-def forward_flops_per_token(shape: ModelShape, context_tokens: float = 0.0) -> float:
-    """2N plus the attention-score term for a token attending to ``context_tokens`` keys."""
-    return 2.0 * shape.flops_params + 4.0 * shape.num_layers * shape.d_attn * context_tokens
+def lora_params(shape: ModelShape, rank: int, targets: Iterable[str]) -> int:
+    """Adapter weights of LoRA rank ``rank`` on the Megatron linears ``targets`` (all layers)."""
+    d, kv, ffn = shape.hidden_size, shape.num_kv_heads * shape.head_dim, shape.intermediate_size
+    in_out = {"linear_qkv": (d, shape.d_attn + 2 * kv), "linear_proj": (shape.d_attn, d),
+              "linear_fc1": (d, 2 * ffn), "linear_fc2": (ffn, d)}
+    return shape.num_layers * sum(rank * sum(in_out[t]) for t in targets) if rank else 0
 
 
-def train_flops_per_token(shape: ModelShape, context_tokens: float = 0.0) -> float:
-    """6N plus three times the forward attention term (forward + backward)."""
-    return 3.0 * forward_flops_per_token(shape, context_tokens)
+def forward_flops_per_token(shape: ModelShape, context_tokens: float = 0.0,
+                            adapter_params: int = 0) -> float:
+    """2N (+ 2 N_lora) plus the attention-score term for a token attending to
+    ``context_tokens`` keys."""
+    return (2.0 * (shape.flops_params + adapter_params)
+            + 4.0 * shape.num_layers * shape.d_attn * context_tokens)
+
+
+def train_flops_per_token(shape: ModelShape, context_tokens: float = 0.0, lora_rank: int = 0,
+                          lora_targets: Iterable[str] = ()) -> float:
+    """Forward + backward: 6N + 3x attention.
+
+    With LoRA the base weights are frozen, so their backward computes only activation
+    gradients: 4N + 6 N_lora + 3x attention, less the first layer's input gradient (its input,
+    the frozen embedding, needs none): 2 d (d_attn + 2 d_kv) of the QKV projection and 2 r d of
+    its adapter. That is exact (torch's FLOP counter) when linear_qkv is a target; with it left
+    out autograd skips more of the first layer and the figure is an upper bound.
+    """
+    full = 3.0 * forward_flops_per_token(shape, context_tokens)
+    if not lora_rank:
+        return full
+    targets = list(lora_targets)
+    adapters = lora_params(shape, lora_rank, targets)
+    first_layer = 0.0
+    if "linear_qkv" in targets:
+        d, kv = shape.hidden_size, shape.num_kv_heads * shape.head_dim
+        first_layer = 2.0 * d * (shape.d_attn + 2 * kv) + 2.0 * lora_rank * d
+    return full - 2.0 * shape.flops_params + 6.0 * adapters - first_layer
 
 
 def causal_context_tokens(prefix_tokens: int, new_tokens: int) -> Tuple[int, int]:
@@ -185,8 +215,11 @@ class FlopsCounter:
     (``flops``) and summary.json.
     """
 
-    def __init__(self, student: ModelShape, teacher: Optional[ModelShape] = None):
+    def __init__(self, student: ModelShape, teacher: Optional[ModelShape] = None,
+                 lora_rank: int = 0, lora_targets: Iterable[str] = ()):
         self.shapes = {role: (teacher if role in TEACHER_ROLES else student) for role in ROLES}
+        self.lora = (lora_rank, list(lora_targets))
+        """The learner's LoRA (rank, targets); rank 0: full fine-tuning."""
         self.flops = {role: 0.0 for role in ROLES}
         self.tokens = {role: 0 for role in ROLES}
 
@@ -198,7 +231,12 @@ class FlopsCounter:
         shape = self.shapes[role]
         if shape is None:
             raise ValueError(f"role {role!r} needs a teacher shape; pass teacher= to FlopsCounter")
-        added = ROLE_PASSES[role] * forward_flops_per_token(shape, context_tokens) * num_tokens
+        if role == "learner_train":
+            per_token = train_flops_per_token(shape, context_tokens, *self.lora)
+        else:
+            adapters = lora_params(shape, *self.lora) if role == "learner_recompute" else 0
+            per_token = forward_flops_per_token(shape, context_tokens, adapters)
+        added = per_token * num_tokens
         self.flops[role] += added
         self.tokens[role] += int(num_tokens)
         return added

@@ -46,7 +46,7 @@ def flops_per_step(cfg: Config, hf: Dict[str, Optional[dict]]) -> Dict[str, floa
     student, teacher = shape("student"), shape("teacher")
     if student is None:
         return {}
-    counter = FlopsCounter(student, teacher)
+    counter = FlopsCounter(student, teacher, cfg.lora.rank, cfg.lora.targets)
     r = cfg.rollout
     n = r.prompts_per_step * r.samples_per_prompt
     ctx = r.max_new_tokens / 2

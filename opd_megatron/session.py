@@ -94,7 +94,8 @@ class Session:
             self.frozen_teacher = built["teacher"]
             self.teacher_score_fn = self._megatron_teacher_score
         shape = lambda m: resolve_shape(m.flops_name or m.path)  # noqa: E731
-        self.flops = FlopsCounter(shape(cfg.student), shape(cfg.teacher) if cfg.teacher.path else None)
+        self.flops = FlopsCounter(shape(cfg.student), shape(cfg.teacher) if cfg.teacher.path else None,
+                                  cfg.lora.rank, cfg.lora.targets)
         self.prompts = PromptSource(cfg.data, cfg.run.seed)
         sample = self._sample_reference if step_roles(cfg).sampler is None else self._sample
         # Only the distillation methods use teacher scores in training (rl's eval still does).

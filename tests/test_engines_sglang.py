@@ -13,8 +13,10 @@ from safetensors.torch import load_file
 
 from tests.engines_helpers import free_port, hf_response_logprobs, token_logprobs
 from opd_megatron.engines.client import EngineClient
+from opd_megatron.engines.http import EngineRequestError
 from opd_megatron.engines.weight_sync import (DiskSync, DistributedSync, TensorSync,
                                               served_weight_version)
+from opd_megatron.engines.weight_sync.tensor import serialize_named_tensors
 
 # Registered as a plugin so the session-scoped servers are shared by all engine test modules.
 pytestmark = pytest.mark.timeout(600)
@@ -140,3 +142,29 @@ def test_weight_sync_transports_change_served_logprobs(student_server, engine_mo
     finally:
         dist.close()
         TensorSync(servers).push(v0, version=0)  # other tests expect the original weights
+
+
+def test_push_after_a_writer_died_mid_push(student_server, engine_models, capsys):
+    """A learner SIGKILLed inside a push leaves the server's weight-update session open (and part
+    of the new weights loaded); the next push closes that session, says so, and loads all weights.
+    """
+    servers = EngineClient(student_server.server_urls)
+    requests = EngineClient(student_server.request_urls)
+    v1 = load_file(str(engine_models["student_v2"] / "model.safetensors"))
+    v0 = load_file(str(engine_models["student"] / "model.safetensors"))
+    url = student_server.server_urls[0]
+    sync = TensorSync(servers)
+    # What the dead writer did: begin, then one tensor of the other weights, and no end.
+    servers.post_to(url, "/begin_weight_update", {})
+    with pytest.raises(EngineRequestError, match="already open"):
+        servers.post_to(url, "/begin_weight_update", {})
+    try:
+        name = "model.embed_tokens.weight"
+        servers.post_to(url, "/update_weights_from_tensor", {
+            "serialized_named_tensors": [serialize_named_tensors([(name, v1[name].contiguous())])],
+            "flush_cache": True, "weight_version": None})
+        sync.push(v0, version=7)
+        assert "had a weight-update session left open" in capsys.readouterr().out
+        _assert_serves(requests, engine_models["student"], engine_models["student_v2"], 7)
+    finally:
+        TensorSync(servers).push(v0, version=0)

@@ -132,3 +132,20 @@ def test_bad_model_names_suggest_close_match(tmp_path):
         resolve_shape(str(tmp_path))
     with pytest.raises(ConfigError, match="--student"):
         flops.cli_main(["--teacher", "qwen3-32b"])
+
+
+def test_lora_changes_only_the_learner_roles():
+    """LoRA's frozen base drops the weight gradients from training (0.69x at Qwen3-8B, r=16);
+    the servers run the merged weights, so sampling and teacher FLOPs stay the same."""
+    from opd_megatron.config.schema import LORA_TARGETS
+
+    student, teacher = resolve_shape("qwen3-8b"), resolve_shape("qwen3-32b")
+    full, lora = FlopsCounter(student, teacher), FlopsCounter(student, teacher, 16, LORA_TARGETS)
+    for counter in (full, lora):
+        for role in ("student_sampling", "teacher_scoring", "learner_train", "learner_recompute"):
+            counter.add_sequences(role, [(512, 3584)])
+    assert lora.flops["student_sampling"] == full.flops["student_sampling"]
+    assert lora.teacher_flops == full.teacher_flops
+    ratio = lora.flops["learner_train"] / full.flops["learner_train"]
+    assert 0.68 < ratio < 0.71
+    assert lora.flops["learner_recompute"] > full.flops["learner_recompute"]  # the adapters run too

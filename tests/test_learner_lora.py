@@ -109,6 +109,32 @@ def test_a_step_trains_only_the_adapters(trained):
     assert learner.num_trainable_params() < 0.15 * total
 
 
+def test_flops_account_matches_torch_counter_for_lora_and_full(models):
+    """The account's training FLOPs equal torch's FLOP counter on a real train step, for full
+    fine-tuning (6N + 3x attention) and LoRA (4N + 6 N_lora + 3x attention less the first
+    layer's input gradient): the LoRA step costs 0.74x the FLOPs of the full one here."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from opd_megatron.flops import lora_params, resolve_shape, train_flops_per_token
+
+    shape = resolve_shape(models["untied"])
+    batch = make_batch(0)
+    rows, length = batch.token_ids.shape  # the learner runs whole padded rows; no causal skip
+    measured = {}
+    for name, learner in [("full", make_learner(models["untied"], parallel_config())),
+                          ("lora", lora_learner(models["untied"]))]:
+        with FlopCounterMode(display=False) as counter:
+            learner.train_step(batch)
+        measured[name] = counter.get_total_flops()
+        if name == "lora":
+            assert learner.num_trainable_params() == lora_params(shape, LORA.rank, LORA.targets)
+    predicted = {"full": train_flops_per_token(shape, length) * rows * length,
+                 "lora": train_flops_per_token(shape, length, LORA.rank, LORA.targets) * rows * length}
+    print(f"measured {measured}, account {predicted}, lora/full {measured['lora'] / measured['full']:.3f}")
+    assert measured == {k: int(v) for k, v in predicted.items()}
+    assert measured["lora"] < 0.8 * measured["full"]
+
+
 def test_merged_weights_give_the_adapter_logprobs(trained, models, tmp_path):
     """The merged export in transformers, and in a fresh learner without LoRA."""
     from tests.test_learner_train import _hf_logprobs

@@ -45,6 +45,33 @@ def post_all_checked(client: EngineClient, path: str, payload: dict) -> None:
     check_success(client.post_each(path, payload), path.lstrip("/"), client.urls)
 
 
+STALE_SESSION = "weight-update session is already open"
+
+
+def begin_weight_update(client: EngineClient) -> List[str]:
+    """Open a weight-update session on every server; returns the URLs that had a stale one (printed).
+
+    A writer SIGKILLed between ``/begin_weight_update`` and ``/end_weight_update`` leaves the
+    server's session open and every later begin is refused with HTTP 400. Such a session can
+    only hold part of an earlier push, and the push that follows overwrites every weight, so it
+    is closed and reopened; the caller logs which servers had one.
+    """
+    stale = []
+    for url in client.urls:
+        try:
+            answer = client.post_to(url, "/begin_weight_update", {})
+        except EngineRequestError as exc:
+            if STALE_SESSION not in str(exc):
+                raise
+            stale.append(url)
+            print(f"[opd] {url} had a weight-update session left open (its writer died mid-push); "
+                  "closed it, pushing all weights again", flush=True)
+            check_success([client.post_to(url, "/end_weight_update", {})], "end_weight_update", [url])
+            answer = client.post_to(url, "/begin_weight_update", {})
+        check_success([answer], "begin_weight_update", [url])
+    return stale
+
+
 def buckets(state: Mapping[str, torch.Tensor],
             bucket_bytes: int) -> Iterator[List[Tuple[str, torch.Tensor]]]:
     """Split the state dict into lists of at most ~``bucket_bytes`` (one tensor at least)."""

@@ -19,7 +19,7 @@ import torch
 
 from opd_megatron.engines.client import EngineClient
 from opd_megatron.engines.http import EngineUnavailable
-from opd_megatron.engines.weight_sync.base import (Timer, buckets, check_success,
+from opd_megatron.engines.weight_sync.base import (Timer, begin_weight_update, buckets, check_success,
                                                    post_all_checked)
 
 
@@ -104,7 +104,7 @@ class DistributedSync:
     def push(self, hf_state_dict: Mapping[str, torch.Tensor], version: int) -> float:
         urls = self.client.urls
         with Timer() as timer:
-            post_all_checked(self.client, "/begin_weight_update", {})
+            begin_weight_update(self.client)
             parts = list(buckets(hf_state_dict, self.bucket_bytes))
             for i, part in enumerate(parts):
                 last = i == len(parts) - 1

@@ -18,7 +18,8 @@ import torch
 import torch.multiprocessing
 
 from opd_megatron.engines.client import EngineClient
-from opd_megatron.engines.weight_sync.base import Timer, buckets, post_all_checked
+from opd_megatron.engines.weight_sync.base import (Timer, begin_weight_update, buckets,
+                                                  post_all_checked)
 
 
 def serialize_named_tensors(named: List[Tuple[str, torch.Tensor]]) -> str:
@@ -42,7 +43,7 @@ class TensorSync:
 
     def push(self, hf_state_dict: Mapping[str, torch.Tensor], version: int) -> float:
         with Timer() as timer:
-            post_all_checked(self.client, "/begin_weight_update", {})
+            begin_weight_update(self.client)
             parts = list(buckets(hf_state_dict, self.bucket_bytes))
             for i, part in enumerate(parts):
                 named = [(name, t.detach().contiguous()) for name, t in part]
