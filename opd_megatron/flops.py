@@ -52,7 +52,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from opd_megatron.errors import ConfigError
 from opd_megatron.models.qwen3_shapes import ALIASES as QWEN3_ALIASES
-from opd_megatron.models.qwen3_shapes import QWEN3_SHAPES
+from opd_megatron.models.qwen3_shapes import QWEN3_SHAPES, decoder_shape_fields
 
 ROLES = ("student_sampling", "teacher_sampling", "teacher_scoring", "learner_train",
          "learner_recompute")
@@ -113,18 +113,7 @@ def shape_from_hf_config(cfg: dict, name: str = "") -> ModelShape:
     if cfg.get("num_experts") or cfg.get("n_routed_experts"):
         raise ConfigError(f"{name or 'config.json'}: mixture-of-experts configs are not "
                           "supported by the FLOPs account; use a dense model")
-    try:
-        heads = int(cfg["num_attention_heads"])
-        return ModelShape(
-            hidden_size=int(cfg["hidden_size"]), intermediate_size=int(cfg["intermediate_size"]),
-            num_layers=int(cfg["num_hidden_layers"]), num_heads=heads,
-            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads),
-            vocab_size=int(cfg["vocab_size"]),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), name=name)
-    except KeyError as err:
-        raise ConfigError(f"{name or 'config.json'}: missing key {err.args[0]!r}; "
-                          "pass an HF config.json of a dense decoder model") from None
+    return ModelShape(**decoder_shape_fields(cfg, name or "config.json"), name=name)
 
 
 # Named shapes from the one Qwen3 table (opd_megatron/models/qwen3_shapes.py).

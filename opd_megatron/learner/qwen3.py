@@ -17,7 +17,7 @@ import torch
 
 from opd_megatron.errors import ConfigError
 
-from opd_megatron.models.qwen3_shapes import QWEN3_SHAPES  # noqa: E402  (one table for all)
+from opd_megatron.models.qwen3_shapes import QWEN3_SHAPES, decoder_shape_fields
 
 _REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers",
                     "num_attention_heads", "vocab_size")
@@ -47,16 +47,8 @@ class Qwen3Arch:
         if hf.get("model_type", "qwen3") != "qwen3":
             raise ConfigError(f"{source}: model_type {hf.get('model_type')!r} is not 'qwen3'")
         rope = hf.get("rope_parameters") or {}  # transformers 5 moved rope_theta here
-        num_heads = int(hf["num_attention_heads"])
         return cls(
-            hidden_size=int(hf["hidden_size"]),
-            intermediate_size=int(hf["intermediate_size"]),
-            num_layers=int(hf["num_hidden_layers"]),
-            num_heads=num_heads,
-            num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
-            head_dim=int(hf.get("head_dim") or int(hf["hidden_size"]) // num_heads),
-            vocab_size=int(hf["vocab_size"]),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            **decoder_shape_fields(hf, source),
             rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 1_000_000.0))),
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             max_position_embeddings=int(hf.get("max_position_embeddings", 40960)),
