@@ -5,7 +5,8 @@ Each phase is an ordinary ``opd run`` (its own run directory, config.yaml, check
 report under ``runs/<name>/``), derived from the recipe:
 
 - ``round<r>-midtrain``: sft on data.source=midtrain (documents of fact set
-  data.facts_seed + r, mixed with instruct samples at data.chat_ratio) for
+  data.facts_seed + r, mixed with instruct samples at data.chat_ratio; from round 2 a
+  data.replay_ratio of the documents replay the earlier rounds' facts) for
   continual.midtrain_steps at continual.midtrain_lr;
 - ``round<r>-opd``: the recipe's objective (opd) on instruct prompts for continual.opd_steps,
   the student being the mid-trained model and the teacher the round's starting checkpoint
@@ -52,6 +53,9 @@ def phases(cfg: Config, root: Path) -> List[Tuple[str, Config]]:
         mid.objective.method, mid.objective.kl_estimator = "sft", "sampled_token"
         mid.data.source, mid.data.sft_targets = "midtrain", "reference"
         mid.data.facts_seed = cfg.data.facts_seed + r
+        mid.data.replay_facts_seeds = [cfg.data.facts_seed + q for q in range(1, r)]
+        if r == 1:
+            mid.data.replay_ratio = 0.0  # nothing learnt before round 1 to replay
         mid.eval.interval = 0
         opd = copy.deepcopy(cfg)
         opd.run.name, opd.run.output_dir = f"round{r}-opd", str(root)

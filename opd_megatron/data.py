@@ -53,6 +53,8 @@ class PromptSource:
         self._records: Optional[List[Prompt]] = None
         if data.source == "midtrain":
             self._facts = knowledge.facts(data.facts_seed, data.num_facts)
+            self._replayed = [f for seed in data.replay_facts_seeds
+                              for f in knowledge.facts(seed, data.num_facts)]
             self._heldout = {p.prompt for p in arithmetic.heldout_problems(data.num_heldout, data.min_ops,
                                                                           data.max_ops)}
         elif data.source not in ("arithmetic", "instruct"):
@@ -100,7 +102,8 @@ class PromptSource:
 
     def _midtrain(self, index: int) -> Prompt:
         """Sample ``index`` of the mid-training stream: a document of facts, or (with
-        probability data.chat_ratio) an instruct sample off the held-out split."""
+        probability data.chat_ratio) an instruct sample off the held-out split. A document
+        holds facts of an earlier set with probability data.replay_ratio."""
         d = self.data
         rng = random.Random(f"midtrain:{self.seed}:{d.facts_seed}:{index}")
         if rng.random() < d.chat_ratio:
@@ -110,7 +113,10 @@ class PromptSource:
                 if p.prompt not in self._heldout:
                     i = knowledge.instruct(p, kinds[index % len(kinds)])
                     return Prompt(i.prompt, i.answer, i.reference)
-        head, rest = knowledge.document(rng.sample(self._facts, min(d.facts_per_document, len(self._facts))))
+        pool = self._facts
+        if d.replay_ratio > 0 and rng.random() < d.replay_ratio:  # no draw without replay: same stream
+            pool = self._replayed
+        head, rest = knowledge.document(rng.sample(pool, min(d.facts_per_document, len(pool))))
         return Prompt(head, None, rest)
 
 

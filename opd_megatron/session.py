@@ -9,7 +9,7 @@ import hashlib
 import os
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from opd_megatron import rundir
 from opd_megatron.config.schema import Config
@@ -71,6 +71,8 @@ class Session:
                                                        full_vocab_size=vocab)
         self.teacher_client = (EngineClient.from_config(groups["teacher"].request_urls, cfg.engines,
                                                         full_vocab_size=vocab) if teacher else None)
+        self.teacher_servers = (EngineClient.from_config(groups["teacher"].server_urls, cfg.engines)
+                                if teacher and cfg.engines.flush_teacher_cache else None)
         self.weight_sync = make_weight_sync(cfg.engines, groups["student"].server_urls,
                                             base_model_dir=cfg.student.path,
                                             staging_dir=self.run_dir / "weight_sync")
@@ -116,8 +118,9 @@ class Session:
         if client is None:
             client = self.teacher_client if cfg.objective.method == "sft" else self.student_client
         role = "teacher" if client is self.teacher_client else "student"
+        call = self._teacher_call if role == "teacher" else self._engine_call
         with self._injected_kill(role if seed_offset == 0 else None):
-            rollouts = self._engine_call(lambda: client.generate(
+            rollouts = call(lambda: client.generate(
                 self._encode(prompts), samples_per_prompt=samples or r.samples_per_prompt,
                 max_new_tokens=max_new_tokens or r.max_new_tokens,
                 temperature=r.temperature if temperature is None else temperature,
@@ -145,7 +148,24 @@ class Session:
             _poison(rollouts[0])
 
     def _sglang_teacher_score(self, rollouts: List[Rollout], *, temperature: float, top_k: int) -> None:
-        self._engine_call(lambda: self.teacher_client.score(rollouts, temperature=temperature, top_k=top_k))
+        self._teacher_call(lambda: self.teacher_client.score(rollouts, temperature=temperature, top_k=top_k))
+
+    def _teacher_call(self, fn: Callable[[], Any]) -> Any:
+        """An engine call to the teacher servers from an empty prefix cache
+        (engines.flush_teacher_cache): what earlier calls cached moves the last bits of later
+        scores, and a restarted or requeued teacher starts empty."""
+        from opd_megatron.engines.http import EngineRequestError
+
+        def call() -> Any:
+            if self.teacher_servers is not None:
+                try:
+                    self.teacher_servers.flush_cache()
+                except EngineRequestError as exc:
+                    raise EngineRequestError(f"{str(exc).splitlines()[0][:300]}; a teacher busy with "
+                                             "other runs' requests cannot be flushed: set "
+                                             "engines.flush_teacher_cache=false") from exc
+            return fn()
+        return self._engine_call(call)
 
     def _megatron_teacher_score(self, rollouts: List[Rollout], *, temperature: float, top_k: int) -> None:
         """The frozen teacher inside Megatron fills the same Rollout fields as SGLang scoring."""

@@ -13,6 +13,7 @@ import pytest
 
 from opd_megatron.config import load_and_validate
 from opd_megatron.config.schema import DataConfig
+from opd_megatron.config.validate import check_ranges
 from opd_megatron.data import PromptSource, heldout_prompts
 from opd_megatron.tasks import arithmetic, knowledge
 from tests.conftest import PYTHON, REPO
@@ -59,6 +60,21 @@ def test_midtrain_stream_mixes_chat_at_the_ratio_and_seeks():
     assert all(p.answer is None for p in PromptSource(DataConfig(source="midtrain"), 3).take(100))  # ratio 0
 
 
+def test_midtrain_replay_draws_documents_from_the_earlier_sets():
+    plain = DataConfig(source="midtrain", num_facts=50, facts_seed=3)
+    replay = DataConfig(source="midtrain", num_facts=50, facts_seed=3, replay_ratio=0.4,
+                        replay_facts_seeds=[1, 2])
+    current = dict(knowledge.facts(3, 50))
+    earlier = {**dict(knowledge.facts(1, 50)), **dict(knowledge.facts(2, 50))}
+    docs = PromptSource(replay, seed=3).take(400)
+    keys = [[pair.split("=")[0] for pair in (p.text + p.reference)[1:].split(" ;")] for p in docs]
+    old = [k for k in keys if all(x in earlier for x in k) and not any(x in current for x in k)]
+    assert 0.32 < len(old) / 400 < 0.48
+    assert all(all(x in current for x in k) or all(x in earlier for x in k) for k in keys)
+    assert PromptSource(plain, seed=3).take(50) == PromptSource(DataConfig(
+        source="midtrain", num_facts=50, facts_seed=3, replay_facts_seeds=[1]), seed=3).take(50)  # ratio 0: unchanged
+
+
 def test_phase_plan_chains_students_and_teachers(tmp_path):
     from opd_megatron.continual import phases
 
@@ -74,6 +90,13 @@ def test_phase_plan_chains_students_and_teachers(tmp_path):
     assert plan["round2-midtrain"].student.path.endswith("round1-opd/hf")
     assert plan["round2-opd"].teacher.path.endswith("round1-opd/hf")
     assert plan["round2-midtrain"].data.facts_seed == plan["round1-midtrain"].data.facts_seed + 1
+    assert plan["round1-midtrain"].data.replay_facts_seeds == []
+    assert plan["round2-midtrain"].data.replay_facts_seeds == [plan["round1-midtrain"].data.facts_seed]
+    replaying = dict(phases(load_and_validate(str(REPO / "recipes/continual-tiny-cpu.yaml"),
+                                              ["data.replay_ratio=0.25"])[0], tmp_path / "c"))
+    assert replaying["round1-midtrain"].data.replay_ratio == 0.0  # nothing earlier to replay
+    assert replaying["round2-midtrain"].data.replay_ratio == 0.25
+    check_ranges(replaying["round2-midtrain"])  # the replay checks pass on the generated phase
     plan_base = dict(phases(load_and_validate(str(REPO / "recipes/continual-tiny-cpu.yaml"),
                                               ["continual.teacher=base"])[0], tmp_path / "c"))
     assert plan_base["round2-opd"].teacher.path == base

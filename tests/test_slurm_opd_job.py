@@ -7,12 +7,11 @@ preemption: USR1 mid-run -> checkpoint -> requeue -> resume -> the same final we
 The models are random tiny checkpoints (``tiny-random:*`` prepare) so no SFT run is needed;
 the runs are shortened by overrides; everything else is recipes/opd-tiny-cpu.yaml.
 
-``rollout.top_k=1``: SGLang's CPU sampler ignores per-request seeds (``sampling_seed`` is
-honoured only with --enable-deterministic-inference, which rejects the CPU attention backend
-'intel_amx'), and a restarted server's sampler RNG cannot continue where the old one stopped.
-With top-1 sampling the rollouts are fixed by the weights, so equal final weights test what
-the Slurm path must guarantee: checkpoint, requeue, restore (model, optimizer, RNG, data
-cursor) and re-sync of the restarted student server.
+The runs sample at the recipe's temperature: the student servers sample with the per-request
+seed (shims/sgl_kernel on CPU), and the teacher's prefix cache is flushed before each call
+(engines.flush_teacher_cache), so the requeued job's fresh servers give the same samples and
+the same scores bit for bit, and the final weights must be equal: that tests checkpoint,
+requeue, restore (model, optimizer, RNG, data cursor) and re-sync of the restarted student.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ def job_overrides(root: Path, name: str) -> List[str]:
             "cluster.num_nodes=2", "cluster.teacher_nodes=1",
             f"student.path={root}/models/student", "student.prepare=tiny-random:student",
             f"teacher.path={root}/models/teacher", "teacher.prepare=tiny-random:teacher",
-            f"run.num_steps={NUM_STEPS}", "rollout.prompts_per_step=8", "rollout.top_k=1", "eval.num_prompts=16",
+            f"run.num_steps={NUM_STEPS}", "rollout.prompts_per_step=8", "eval.num_prompts=16",
             "eval.interval=0", "checkpoint.interval=0", "report.plots=false", f"engines.base_port={BASE_PORT}"]
 
 

@@ -85,6 +85,11 @@ class DataConfig:
     """midtrain: facts strung together in one document."""
     chat_ratio: float = 0.0
     """midtrain: fraction of samples that are instruct (chat) samples instead of documents."""
+    replay_ratio: float = 0.0
+    """midtrain: fraction of documents made of facts of the earlier fact sets
+    data.replay_facts_seeds (rehearsal); `opd continual` fills those in per round."""
+    replay_facts_seeds: List[int] = field(default_factory=list)
+    """midtrain: the fact sets (facts_seed values) that replayed documents draw from."""
 
 
 @dataclass
@@ -228,6 +233,11 @@ class EnginesConfig:
     ``urls`` are not ours to restart."""
     max_concurrency: int = 64
     """Requests in flight per role."""
+    flush_teacher_cache: bool = True
+    """Flush the teacher servers' prefix cache before each teacher call, so its scores depend
+    only on that call's requests, not on what earlier steps or a restart left cached: a
+    resumed, requeued or server-restarted run stays bit-identical. false for a teacher shared
+    with other runs (a flush would wait for their requests and drop their cache)."""
     weight_sync: str = "tensor"
     """tensor (same host) | disk (HF directory) | distributed (NCCL, GPU only)."""
     api_key_env: Optional[str] = None

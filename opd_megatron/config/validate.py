@@ -40,6 +40,7 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.num_facts", lambda v: 1 <= v <= 900, "in [1, 900] (3-digit keys)"),
     ("data.facts_per_document", lambda v: v >= 1, ">= 1"),
     ("data.chat_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("data.replay_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     ("continual.rounds", lambda v: v >= 1, ">= 1"),
     ("continual.midtrain_steps", lambda v: v >= 1, ">= 1"),
     ("continual.midtrain_lr", lambda v: v > 0, "> 0"),
@@ -124,6 +125,14 @@ def check_ranges(cfg: Config) -> None:
     for hi, lo in pairs:
         if _get(cfg, hi) < _get(cfg, lo):
             raise ConfigError(f"{hi}: must be >= {lo} (got {_get(cfg, hi)} < {_get(cfg, lo)})")
+    d = cfg.data
+    if d.source == "midtrain" and d.replay_ratio > 0:
+        if not d.replay_facts_seeds:
+            raise ConfigError("data.replay_ratio: replaying needs the earlier fact sets; set "
+                              "data.replay_facts_seeds (e.g. [1]) or data.replay_ratio=0")
+        if d.facts_seed in d.replay_facts_seeds:
+            raise ConfigError(f"data.replay_facts_seeds: holds data.facts_seed {d.facts_seed}, "
+                              "the set being learnt; list only earlier sets")
 
 
 def read_hf_config(model: ModelConfig, role: str) -> Optional[Dict[str, Any]]:
