@@ -4,6 +4,7 @@ session fixtures, and the real learner); each faulted run must end bit-identical
 - the learner SIGKILLed at 5 random points (mid-step, mid-sync, wherever the signal lands),
   the same command rerun after each;
 - SIGKILL inside a checkpoint write: the previous checkpoint stays intact and is resumed;
+- SIGKILL inside a weight push: the session it left open on the student server is closed;
 - a full disk while writing a checkpoint (a real size-limited tmpfs): a one-line error, exit 1,
   nothing partial left, the old checkpoint intact and resumed from once there is space."""
 
@@ -131,6 +132,26 @@ def test_sigkill_inside_a_checkpoint_write_keeps_and_resumes_the_previous_one(
     assert code == 0, log.read_text()[-3000:]
     assert "(step 5)" in log.read_text().split("resumed from")[-1].splitlines()[0]
     _assert_same_weights(reference, tmp_path / "runs/killed-in-checkpoint", "a kill inside the step-6 checkpoint")
+
+
+def test_sigkill_inside_a_weight_push_then_resume(engine_models, student_server, teacher_server, reference, tmp_path):
+    """The learner dies between /begin_weight_update and /end_weight_update of step 3's push:
+    the student server keeps the open session (it refused every later push once: the CI failure
+    of stop 12); the rerun closes it, pushes every weight and ends bit-identical."""
+    cmd = _command(engine_models, student_server, teacher_server, "killed-in-push")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    log = tmp_path / "runs.log"
+    with log.open("a") as out:
+        code = subprocess.run(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, timeout=600,
+                              env=dict(env, OPD_FAULT_KILL_IN_PUSH="3")).returncode
+    assert code == -signal.SIGKILL, log.read_text()[-3000:]
+    with log.open("a") as out:
+        code = subprocess.run(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, timeout=600, env=env).returncode
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert f"{student_server.url} had a weight-update session left open" in text
+    assert "(step 2)" in text.split("resumed from")[-1].splitlines()[0]
+    _assert_same_weights(reference, tmp_path / "runs/killed-in-push", "a kill inside the step-3 weight push")
 
 
 def _du(path: Path) -> int:
