@@ -46,13 +46,13 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from opd_megatron.errors import ConfigError
 from opd_megatron.models.qwen3_shapes import ALIASES as QWEN3_ALIASES
-from opd_megatron.models.qwen3_shapes import QWEN3_SHAPES, decoder_shape_fields
+from opd_megatron.models.qwen3_shapes import QWEN3_SHAPES
+from opd_megatron.models.shape import ModelShape, decoder_shape_fields
 
 ROLES = ("student_sampling", "teacher_sampling", "teacher_scoring", "learner_train",
          "learner_recompute")
@@ -60,52 +60,6 @@ TEACHER_ROLES = ("teacher_sampling", "teacher_scoring")
 STUDENT_ROLES = ("student_sampling", "learner_train", "learner_recompute")
 DEFAULT_CONTEXT_TOKENS = 2048
 """Mean attended context of a 4K-token sequence (the TML recipe's max_tokens 4096)."""
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The numbers of a decoder-only (Qwen3-style, SwiGLU, GQA) model that fix its FLOPs."""
-
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    tie_word_embeddings: bool
-    name: str = ""
-
-    @property
-    def d_attn(self) -> int:
-        """Query width (num_heads * head_dim); sets the attention-score FLOPs."""
-        return self.num_heads * self.head_dim
-
-    @property
-    def layer_matmul_params(self) -> int:
-        """Matmul weights of one block: q/k/v/o projections and SwiGLU gate/up/down."""
-        d, kv = self.hidden_size, self.num_kv_heads * self.head_dim
-        return d * self.d_attn + 2 * d * kv + self.d_attn * d + 3 * d * self.intermediate_size
-
-    @property
-    def layer_params(self) -> int:
-        """All weights of one block: the matmuls plus two RMSNorms and the q/k norms."""
-        return self.layer_matmul_params + 2 * self.hidden_size + 2 * self.head_dim
-
-    @property
-    def embedding_params(self) -> int:
-        return self.vocab_size * self.hidden_size
-
-    @property
-    def total_params(self) -> int:
-        """All stored parameters (what a model card quotes: 8.19e9 for Qwen3-8B)."""
-        lm_head = 0 if self.tie_word_embeddings else self.embedding_params
-        return self.num_layers * self.layer_params + self.hidden_size + self.embedding_params + lm_head
-
-    @property
-    def flops_params(self) -> int:
-        """N of the FLOPs formula: matmul weights of the blocks + the lm_head (no input lookup)."""
-        return self.num_layers * self.layer_matmul_params + self.embedding_params
 
 
 def shape_from_hf_config(cfg: dict, name: str = "") -> ModelShape:

@@ -17,27 +17,21 @@ import torch
 
 from opd_megatron.errors import ConfigError
 
-from opd_megatron.models.qwen3_shapes import QWEN3_SHAPES, decoder_shape_fields
+from opd_megatron.models.qwen3_shapes import QWEN3_SHAPES
+from opd_megatron.models.shape import ModelShape, decoder_shape_fields
 
 _REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers",
                     "num_attention_heads", "vocab_size")
 
 
 @dataclass(frozen=True)
-class Qwen3Arch:
-    """The architecture fields the learner needs, normalised from an HF config."""
+class Qwen3Arch(ModelShape):
+    """The architecture fields the learner needs: the decoder shape (ModelShape, one parser)
+    plus rope and norm settings, normalised from an HF config."""
 
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    tie_word_embeddings: bool
-    rope_theta: float
-    rms_norm_eps: float
-    max_position_embeddings: int
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 40960
 
     @classmethod
     def from_hf(cls, hf: Dict[str, Any], source: str = "config") -> "Qwen3Arch":

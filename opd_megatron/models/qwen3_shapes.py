@@ -39,23 +39,3 @@ def shape_config(name: str) -> Optional[Dict[str, Any]]:
     key = name.strip().lower()
     return QWEN3_SHAPES.get(ALIASES.get(key, key))
 
-
-def decoder_shape_fields(hf: Dict[str, Any], source: str = "config.json") -> Dict[str, Any]:
-    """The fields that fix a dense decoder's shape, normalised from an HF config dict: what the
-    learner (``Qwen3Arch``) and the FLOPs account (``ModelShape``) both read. Defaults as HF:
-    no ``num_key_value_heads`` means MHA, no ``head_dim`` means hidden_size / heads."""
-    from opd_megatron.errors import ConfigError
-
-    try:
-        heads = int(hf["num_attention_heads"])
-        return dict(
-            hidden_size=int(hf["hidden_size"]), intermediate_size=int(hf["intermediate_size"]),
-            num_layers=int(hf["num_hidden_layers"]), num_heads=heads,
-            num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-            head_dim=int(hf.get("head_dim") or int(hf["hidden_size"]) // heads),
-            vocab_size=int(hf["vocab_size"]),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)))
-    except KeyError as err:
-        raise ConfigError(f"{source}: missing key {err.args[0]!r}; "
-                          "pass an HF config.json of a dense decoder model") from None
-
