@@ -101,10 +101,7 @@ def resolve_shape(name_or_path: str) -> ModelShape:
 
 def lora_params(shape: ModelShape, rank: int, targets: Iterable[str]) -> int:
     """Adapter weights of LoRA rank ``rank`` on the Megatron linears ``targets`` (all layers)."""
-    d, kv, ffn = shape.hidden_size, shape.num_kv_heads * shape.head_dim, shape.intermediate_size
-    in_out = {"linear_qkv": (d, shape.d_attn + 2 * kv), "linear_proj": (shape.d_attn, d),
-              "linear_fc1": (d, 2 * ffn), "linear_fc2": (ffn, d)}
-    return shape.num_layers * sum(rank * sum(in_out[t]) for t in targets) if rank else 0
+    return shape.num_layers * sum(rank * sum(shape.linears[t]) for t in targets)
 
 
 def forward_flops_per_token(shape: ModelShape, context_tokens: float = 0.0,
@@ -132,8 +129,8 @@ def train_flops_per_token(shape: ModelShape, context_tokens: float = 0.0, lora_r
     adapters = lora_params(shape, lora_rank, targets)
     first_layer = 0.0
     if "linear_qkv" in targets:
-        d, kv = shape.hidden_size, shape.num_kv_heads * shape.head_dim
-        first_layer = 2.0 * d * (shape.d_attn + 2 * kv) + 2.0 * lora_rank * d
+        d, qkv = shape.linears["linear_qkv"]
+        first_layer = 2.0 * d * qkv + 2.0 * lora_rank * d
     return full - 2.0 * shape.flops_params + 6.0 * adapters - first_layer
 
 

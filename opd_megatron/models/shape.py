@@ -6,7 +6,7 @@ from an HF ``config.json``: the FLOPs account's ``ModelShape`` and the learner's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from opd_megatron.errors import ConfigError
 
@@ -31,10 +31,17 @@ class ModelShape:
         return self.num_heads * self.head_dim
 
     @property
+    def linears(self) -> Dict[str, Tuple[int, int]]:
+        """(in, out) features of one block's matmuls, by Megatron name: fused q/k/v, the
+        attention output, fused SwiGLU gate/up, down."""
+        d, kv, ffn = self.hidden_size, self.num_kv_heads * self.head_dim, self.intermediate_size
+        return {"linear_qkv": (d, self.d_attn + 2 * kv), "linear_proj": (self.d_attn, d),
+                "linear_fc1": (d, 2 * ffn), "linear_fc2": (ffn, d)}
+
+    @property
     def layer_matmul_params(self) -> int:
         """Matmul weights of one block: q/k/v/o projections and SwiGLU gate/up/down."""
-        d, kv = self.hidden_size, self.num_kv_heads * self.head_dim
-        return d * self.d_attn + 2 * d * kv + self.d_attn * d + 3 * d * self.intermediate_size
+        return sum(i * o for i, o in self.linears.values())
 
     @property
     def layer_params(self) -> int:

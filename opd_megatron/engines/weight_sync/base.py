@@ -58,28 +58,25 @@ def injected_kill_in_push(version: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def begin_weight_update(client: EngineClient) -> List[str]:
-    """Open a weight-update session on every server; returns the URLs that had a stale one (printed).
+def begin_weight_update(client: EngineClient) -> None:
+    """Open a weight-update session on every server.
 
     A writer SIGKILLed between ``/begin_weight_update`` and ``/end_weight_update`` leaves the
     server's session open and every later begin is refused with HTTP 400. Such a session can
     only hold part of an earlier push, and the push that follows overwrites every weight, so it
-    is closed and reopened; the caller logs which servers had one.
+    is closed (said in one line) and reopened.
     """
-    stale = []
     for url in client.urls:
         try:
             answer = client.post_to(url, "/begin_weight_update", {})
         except EngineRequestError as exc:
             if STALE_SESSION not in str(exc):
                 raise
-            stale.append(url)
             print(f"[opd] {url} had a weight-update session left open (its writer died mid-push); "
                   "closed it, pushing all weights again", flush=True)
             check_success([client.post_to(url, "/end_weight_update", {})], "end_weight_update", [url])
             answer = client.post_to(url, "/begin_weight_update", {})
         check_success([answer], "begin_weight_update", [url])
-    return stale
 
 
 def buckets(state: Mapping[str, torch.Tensor],
