@@ -7,7 +7,9 @@ CPU), then, side by side in one run (variants alternate each round; best time of
 - teacher scoring of those rollouts: the client's request (``logprob_start_len = P - 1``; for
   prompts of >= 32 tokens the first sample of each group first, so the others reuse its cached
   prompt), the same with leader-first for every prompt length, and the naive request
-  (``logprob_start_len = 0``, everything at once), checking they give the same logprobs.
+  (``logprob_start_len = 0``, everything at once), checking they give the same logprobs;
+- teacher scoring split into per-step calls with the prefix cache kept vs flushed before each
+  call (``engines.flush_teacher_cache``, what makes resumed runs bit-identical).
 It prints tokens/s, the prefix-cache hit rate (SGLang ``meta_info.cached_tokens`` over
 ``prompt_tokens``), the tokens the server actually prefilled per group against the ideal
 (P + G*T: each prompt once), and the ratios. Prompts are the arithmetic task's, optionally
@@ -128,6 +130,30 @@ def bench_scoring(client: EngineClient, rollouts, args) -> Dict[str, Dict[str, f
     return results
 
 
+def bench_flush_per_call(client: EngineClient, rollouts, args) -> Dict[str, Dict[str, float]]:
+    """What ``engines.flush_teacher_cache`` costs: the rollouts split into ``--steps`` calls
+    (one per training step, different prompts behind the same k-shot prefix), scored with the
+    cache kept warm across calls vs flushed before each call, as the session does."""
+    num_tokens = sum(len(r.response_ids) for r in rollouts)
+    per_step = -(-len({r.group_id for r in rollouts}) // args.steps)
+    calls = [[r for r in rollouts if r.group_id // per_step == s] for s in range(args.steps)]
+    results: Dict[str, Dict[str, float]] = {}
+    for _ in range(args.rounds):
+        for name, flush_each in (("cache kept across calls", False), ("flushed before each call", True)):
+            client.flush_cache()
+            client.stats = CacheStats()
+            start = time.perf_counter()
+            for call in calls:
+                if flush_each:
+                    client.flush_cache()
+                client.score(call)
+            seconds = time.perf_counter() - start
+            row = _cache_fields(client.stats, seconds, num_tokens)
+            if name not in results or seconds < results[name]["seconds"]:
+                results[name] = row
+    return results
+
+
 def _print_table(title: str, rows: Dict[str, Dict[str, float]], ideal_prefill) -> None:
     """``prefilled`` = prompt tokens not served from the cache, as the answers report them."""
     print(f"\n{title}")
@@ -150,6 +176,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--shots", type=int, default=2, help="solved examples before each prompt")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4, help="calls the flush comparison splits the rollouts into")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -179,6 +206,9 @@ def main(argv=None) -> int:
         scoring_rows = bench_scoring(teacher, rollouts, args)
         _print_table("Teacher scoring, tokens/s = scored response tokens",
                      scoring_rows, ideal_prefill=prompt_tokens + gen_tokens)
+        flush_rows = bench_flush_per_call(teacher, rollouts, args)
+        _print_table(f"Teacher scoring in {args.steps} calls (steps), tokens/s = scored response tokens",
+                     flush_rows, ideal_prefill=prompt_tokens + gen_tokens)
         r_ours, r_sep = rollout_rows["n=G request per prompt"], rollout_rows["G separate requests"]
         s_ours, s_lead, s_naive = (scoring_rows[CLIENT], scoring_rows[LEADER_FIRST],
                                    scoring_rows[NAIVE])
@@ -189,8 +219,13 @@ def main(argv=None) -> int:
                            ("scoring, leader first / naive", s_lead)):
             print(f"  {label}: speed x{row['tokens_per_s'] / s_naive['tokens_per_s']:.2f}, "
                   f"prefilled tokens x{row['prefilled_tokens'] / s_naive['prefilled_tokens']:.2f}")
+        kept, flushed = flush_rows["cache kept across calls"], flush_rows["flushed before each call"]
+        print(f"  teacher flush before each call / cache kept: speed x"
+              f"{flushed['tokens_per_s'] / kept['tokens_per_s']:.2f}, prefilled tokens x"
+              f"{flushed['prefilled_tokens'] / max(kept['prefilled_tokens'], 1):.2f}")
         if args.json:
             args.json.write_text(json.dumps({"rollouts": rollout_rows, "scoring": scoring_rows,
+                                             "flush_per_call": flush_rows,
                                              "args": {k: str(v) for k, v in vars(args).items()}},
                                             indent=2))
     finally:

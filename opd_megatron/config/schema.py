@@ -236,8 +236,11 @@ class EnginesConfig:
     flush_teacher_cache: bool = True
     """Flush the teacher servers' prefix cache before each teacher call, so its scores depend
     only on that call's requests, not on what earlier steps or a restart left cached: a
-    resumed, requeued or server-restarted run stays bit-identical. false for a teacher shared
-    with other runs (a flush would wait for their requests and drop their cache)."""
+    resumed, requeued or server-restarted run stays bit-identical. It loses the reuse of a
+    prefix shared across steps (a system prompt): bench/engine_throughput.py measured 0.88x
+    scoring speed with a 2-shot prefix. false for a teacher shared with other runs (a flush
+    waits for their requests and drops their cache), or on GPUs without SGLang's deterministic
+    inference, where scores are not bit-reproducible anyway."""
     weight_sync: str = "tensor"
     """tensor (same host) | disk (HF directory) | distributed (NCCL, GPU only)."""
     api_key_env: Optional[str] = None
