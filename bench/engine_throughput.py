@@ -40,7 +40,7 @@ from opd_megatron.engines.http import post_json  # noqa: E402
 from opd_megatron.engines.launcher import launch_role  # noqa: E402
 from opd_megatron.models.tiny import (STUDENT_SHAPE, TEACHER_SHAPE, build_tokenizer,  # noqa: E402
                                       save_random_model)
-from opd_megatron.tasks.arithmetic import heldout_problems  # noqa: E402
+from opd_megatron.data.arithmetic import heldout_problems  # noqa: E402
 
 
 CLIENT = "client default (P-1, waves if P>=32)"

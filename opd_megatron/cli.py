@@ -16,19 +16,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Callable, List, Optional
+from typing import List, Optional
 
-from opd_megatron.errors import ConfigError, RuntimeFailure
-
-EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT, EXIT_PREEMPTED = 0, 1, 2, 3
+from opd_megatron.errors import EXIT_OK, cli_entry
 
 # Subcommands owned by other modules: name -> (module, help).
 DELEGATED = {
-    "continual": ("opd_megatron.continual", "mid-train on new documents, then OPD from an earlier checkpoint; rounds"),
+    "continual": ("opd_megatron.run.continual", "mid-train on new documents, then OPD from an earlier checkpoint; rounds"),
     "convert": ("opd_megatron.learner.convert", "HF <-> Megatron checkpoint conversion"),
-    "eval": ("opd_megatron.evaluation.cli", "evaluate a model (AIME/MATH500/GPQA/tiny task)"),
-    "flops": ("opd_megatron.flops", "FLOPs account for models and token counts"),
-    "report": ("opd_megatron.report", "write or compare run reports"),
+    "eval": ("opd_megatron.evaluation.command", "evaluate a model (AIME/MATH500/GPQA/tiny task)"),
+    "flops": ("opd_megatron.plan.flops", "FLOPs account for models and token counts"),
+    "report": ("opd_megatron.report.runs", "write or compare run reports"),
 }
 
 
@@ -52,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from opd_megatron.config import load_and_validate, to_yaml
-    from opd_megatron.plan import describe_plan
+    from opd_megatron.plan.describe import describe_plan
 
     cfg, hf = load_and_validate(args.recipe, args.overrides)
     print("# resolved config")
@@ -64,23 +62,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from opd_megatron.config import load_and_validate
-    from opd_megatron.runner import run
+    from opd_megatron.run.runner import run
 
     cfg, _ = load_and_validate(args.recipe, args.overrides)
     return run(cfg, recipe=args.recipe, overrides=list(args.overrides))
-
-
-def run_delegated(fn: Callable[[List[str]], int], argv: Optional[List[str]] = None) -> int:
-    """Run a subcommand's ``cli_main`` with the CLI's exit-code contract (also what
-    ``python -m opd_megatron.flops`` and friends use)."""
-    try:
-        return int(fn(list(sys.argv[1:] if argv is None else argv)) or 0)
-    except ConfigError as e:
-        print(f"opd: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except RuntimeFailure as e:
-        print(f"opd: failed: {e}", file=sys.stderr)
-        return EXIT_RUNTIME
 
 
 def _dispatch(argv: List[str]) -> int:
@@ -94,7 +79,7 @@ def _dispatch(argv: List[str]) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return run_delegated(_dispatch, argv)
+    return cli_entry(_dispatch, argv)
 
 
 if __name__ == "__main__":

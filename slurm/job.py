@@ -3,7 +3,7 @@
 Each subcommand is one step of the job; the sbatch script runs them (through srun where a
 process belongs on a node). They read the same recipe + key=value overrides as ``opd run``
 and the node list in ``--nodes`` (``scontrol show hostnames``), so every step computes the
-same placement (opd_megatron.placement) independently.
+same placement (opd_megatron.plan.placement) independently.
 
     python slurm/job.py exports --nodes "n1 n2" RECIPE [key=value ...]   # eval-able OPD_* vars
     python slurm/job.py prepare RECIPE [key=value ...]       # build missing (tiny) models
@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 from opd_megatron.config import load_and_validate, load_config
 from opd_megatron.config.schema import Config
 from opd_megatron.errors import ConfigError, RuntimeFailure
-from opd_megatron.placement import Placement, plan, shell_exports
+from opd_megatron.plan.placement import Placement, plan, shell_exports
 
 TEACHER_SEED_OFFSET = 1000
 """Teacher servers' seeds follow run.seed + 1000 + i, as opd_megatron.engines.launcher does."""
@@ -54,7 +54,7 @@ def _ignore_preemption_signal() -> None:
 def cmd_exports(args: argparse.Namespace) -> int:
     cfg, _ = load_and_validate(args.recipe, args.overrides)
     p = _placement(args, cfg)
-    from opd_megatron.rundir import check_run_dir, run_dir_of
+    from opd_megatron.run.rundir import check_run_dir, run_dir_of
 
     check_run_dir(cfg)  # a run directory holding other settings fails now, not after servers start
     out = shell_exports(p)
@@ -67,14 +67,14 @@ def cmd_exports(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Build model.path from model.prepare where missing: the servers need it before ``opd run``."""
-    from opd_megatron.prepare import ensure_model
-    from opd_megatron.runner import _run_prepare_recipe
+    from opd_megatron.run.prepare import ensure_model
+    from opd_megatron.run.runner import run_prepare_recipe
 
     cfg, _ = load_and_validate(args.recipe, args.overrides)
     for role in ("teacher", "student"):
         model = getattr(cfg, role)
         if model.path:
-            built = ensure_model(model, role, _run_prepare_recipe)
+            built = ensure_model(model, role, run_prepare_recipe)
             print(f"[job] {role}: {'built' if built else 'ready'} {model.path}", flush=True)
     return 0
 

@@ -22,7 +22,7 @@ def model_dir(tmp_path, tiny_models, monkeypatch):
     """OPD_MODEL_DIR with config-only stand-ins of the real Qwen3 checkpoints (real config.json
     shapes; one shared tokenizer; an empty weights file): enough for validation, which reads
     only configs and file layout."""
-    from opd_megatron.flops import NAMED_SHAPES
+    from opd_megatron.plan.flops import NAMED_SHAPES
 
     for dirname, shape_name in BIG_MODELS.items():
         s, d = NAMED_SHAPES[shape_name], tmp_path / dirname

@@ -15,7 +15,7 @@ from opd_megatron.config import load_and_validate
 from opd_megatron.config.schema import DataConfig
 from opd_megatron.config.validate import check_ranges
 from opd_megatron.data import PromptSource, heldout_prompts
-from opd_megatron.tasks import arithmetic, knowledge
+from opd_megatron.data import arithmetic, knowledge
 from tests.conftest import PYTHON, REPO
 
 BASE = REPO / "assets/tiny/instruct-base"
@@ -76,7 +76,7 @@ def test_midtrain_replay_draws_documents_from_the_earlier_sets():
 
 
 def test_phase_plan_chains_students_and_teachers(tmp_path):
-    from opd_megatron.continual import phases
+    from opd_megatron.run.continual import phases
 
     cfg, _ = load_and_validate(str(REPO / "recipes/continual-tiny-cpu.yaml"),
                                ["continual.rounds=2", f"run.output_dir={tmp_path}"])

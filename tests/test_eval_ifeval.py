@@ -82,7 +82,7 @@ ROWS = [
 
 
 def test_rows_in_the_hf_schema_load_and_grade_strictly(tmp_path):
-    from opd_megatron.evaluation.runner import SamplingParams, evaluate
+    from opd_megatron.evaluation.suite import SamplingParams, evaluate
 
     path = tmp_path / "ifeval.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from opd_megatron import flops
+from opd_megatron.plan import flops
 from opd_megatron.errors import ConfigError
-from opd_megatron.flops import (NAMED_SHAPES, FlopsCounter, causal_context_tokens,
+from opd_megatron.plan.flops import (NAMED_SHAPES, FlopsCounter, causal_context_tokens,
                                 forward_flops_per_token, resolve_shape, shape_from_hf_config)
 
 # Model-card sizes (huggingface.co/Qwen/Qwen3-*): total and non-embedding parameters.

@@ -115,7 +115,7 @@ def test_flops_account_matches_torch_counter_for_lora_and_full(models):
     layer's input gradient): the LoRA step costs 0.74x the FLOPs of the full one here."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from opd_megatron.flops import lora_params, resolve_shape, train_flops_per_token
+    from opd_megatron.plan.flops import lora_params, resolve_shape, train_flops_per_token
 
     shape = resolve_shape(models["untied"])
     batch = make_batch(0)
@@ -212,7 +212,7 @@ def test_sglang_serves_the_merged_model(student_server, engine_models):
     served logprobs are the adapter learner's (and not the base model's)."""
     from safetensors.torch import load_file
 
-    from opd_megatron.batching import pack_rollouts
+    from opd_megatron.objective.batching import pack_rollouts
     from opd_megatron.engines.client import EngineClient
     from opd_megatron.engines.weight_sync import TensorSync
     from opd_megatron.types import Rollout

@@ -1,4 +1,4 @@
-"""Placement (opd_megatron/placement.py): plans that fit, plans that do not (the error names
+"""Placement (opd_megatron/plan/placement.py): plans that fit, plans that do not (the error names
 the key), the exports the sbatch script evals. Pure python, milliseconds.
 
     .venv/bin/pytest -q tests/test_slurm_placement.py
@@ -17,7 +17,7 @@ import pytest
 from opd_megatron.config import load_config
 from opd_megatron.errors import ConfigError
 from opd_megatron.models.qwen3_shapes import QWEN3_SHAPES
-from opd_megatron.placement import format_plan, load_profile, num_params, plan, shell_exports
+from opd_megatron.plan.placement import format_plan, load_profile, num_params, plan, shell_exports
 
 REPO = Path(__file__).resolve().parents[1]
 QWEN3_8B = str(REPO / "recipes/opd-qwen3-8b-to-8b-base-3n8g.yaml")
@@ -132,7 +132,7 @@ def test_every_profile_loads():
 
 
 def test_validate_prints_the_placement():
-    from opd_megatron.plan import describe_plan
+    from opd_megatron.plan.describe import describe_plan
 
     text = describe_plan(load_config(QWEN3_8B), {"student": None, "teacher": None}, num_nodes=3)
     assert "placement on 3 node(s)" in text and "MASTER_ADDR=node2" in text

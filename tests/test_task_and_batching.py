@@ -9,7 +9,7 @@ import torch
 
 from opd_megatron.config.schema import DataConfig
 from opd_megatron.data import PromptSource, heldout_prompts
-from opd_megatron.tasks import arithmetic
+from opd_megatron.data import arithmetic
 from opd_megatron.types import Rollout
 
 
@@ -74,7 +74,7 @@ def test_char_tokenizer_round_trip(tiny_models):
 
 
 def test_pack_rollouts_aligns_response_tokens():
-    from opd_megatron.batching import pack_rollouts
+    from opd_megatron.objective.batching import pack_rollouts
 
     r1 = Rollout(prompt_ids=[5, 6, 7], response_ids=[8, 9], sampler_logprobs=[-0.1, -0.2],
                  teacher_logprobs=[-1.0, -2.0], group_id=0)

@@ -53,7 +53,7 @@ class ModelConfig:
 class DataConfig:
     source: str = "arithmetic"
     """Prompt source: arithmetic (generated task) | instruct (the generated task with IF-eval
-    style format instructions, opd_megatron.tasks.knowledge) | midtrain (documents of new
+    style format instructions, opd_megatron.data.knowledge) | midtrain (documents of new
     facts, mixed with instruct samples at data.chat_ratio) | jsonl (a file) | hf (datasets at
     run time)."""
     path: Optional[str] = None

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Optional
 
 from opd_megatron.config.schema import CHOICES, LORA_TARGETS, Config, ModelConfig
 from opd_megatron.errors import ConfigError
+from opd_megatron.methods import method_of, needs_teacher_model  # moves out with the preflight split
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -262,7 +263,7 @@ def check_objective(cfg: Config) -> None:
     if o.kl_estimator == "full_vocab" and o.teacher_top_k < 1 and o.teacher_backend != "megatron":
         raise ConfigError("objective.teacher_top_k: must be >= 1 for kl_estimator full_vocab with an "
                           "SGLang teacher (set it to the vocab size for the exact KL)")
-    if o.method in ("sft", "rl") and o.kl_estimator == "full_vocab":
+    if o.kl_estimator == "full_vocab" and not method_of(o).distills:
         raise ConfigError(f"objective.kl_estimator: full_vocab applies to opd methods, not {o.method}")
     if cfg.data.source in ("jsonl",) and not (cfg.data.path and Path(cfg.data.path).is_file()):
         raise ConfigError(f"data.path: prompt file not found: {cfg.data.path!r} (needed by data.source=jsonl)")
@@ -317,8 +318,7 @@ def validate(cfg: Config) -> Dict[str, Optional[dict]]:
     check_urls(cfg)
     student_hf = read_hf_config(cfg.student, "student")
     teacher_hf = None
-    needs_teacher = cfg.objective.method != "rl" or cfg.teacher.path
-    if needs_teacher and not (cfg.objective.method == "sft" and cfg.data.sft_targets == "reference"):
+    if needs_teacher_model(cfg):
         teacher_hf = read_hf_config(cfg.teacher, "teacher")
     if student_hf is not None:
         check_model_parallel(student_hf, cfg, "student")

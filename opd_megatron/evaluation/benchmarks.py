@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from opd_megatron.errors import ConfigError
-from opd_megatron.evaluation.grading import CHOICE_LETTERS, grade_choice, grade_math
+from opd_megatron.data.grading import CHOICE_LETTERS, grade_choice, grade_math
 
 MATH_PROMPT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 GPQA_PROMPT = (
@@ -158,7 +158,7 @@ def load_benchmark(name: str, *, data_files: Optional[str] = None, limit: Option
 
 def arithmetic_benchmark(num_problems: int = 500, *, min_ops: int = 2, max_ops: int = 4) -> Benchmark:
     """The tiny task's fixed held-out split, graded by exact match on the final '#answer'."""
-    from opd_megatron.tasks.arithmetic import heldout_problems, is_correct
+    from opd_megatron.data.arithmetic import heldout_problems, is_correct
 
     problems = [EvalProblem(str(i), p.prompt, p.answer)
                 for i, p in enumerate(heldout_problems(num_problems, min_ops, max_ops))]

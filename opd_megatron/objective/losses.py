@@ -10,6 +10,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from opd_megatron.config.schema import CHOICES, ObjectiveConfig
+from opd_megatron.methods import full_vocab_kl, method_of, sampled_token_kl
 from opd_megatron.errors import ConfigError
 from opd_megatron.objective.advantages import (
     combine_advantages,
@@ -41,10 +42,10 @@ def validate_objective(objective: ObjectiveConfig) -> None:
         if getattr(objective, key) <= 0:
             raise ConfigError(f"objective.{key}={getattr(objective, key)} must be > 0")
     method, weight = objective.method, objective.reward_weight
-    if method in ("rl", "opd+reward") and weight <= 0:
+    if method_of(objective).uses_reward and weight <= 0:
         raise ConfigError(f"objective.method={method} needs objective.reward_weight > 0 "
                           f"(e.g. objective.reward_weight=1.0)")
-    if method in ("opd", "sft") and weight != 0:
+    if not method_of(objective).uses_reward and weight != 0:
         raise ConfigError(f"objective.reward_weight={weight} is unused by method={method}; "
                           f"set objective.method=opd+reward or objective.reward_weight=0")
 
@@ -63,18 +64,18 @@ def build_advantages(objective: ObjectiveConfig, mask_BT: torch.Tensor, *,
     - sft: zeros (unused).
     """
     kl_BT = torch.zeros(mask_BT.shape, dtype=torch.float32, device=mask_BT.device)
-    if objective.method in ("opd", "opd+reward") and objective.kl_estimator == "sampled_token":
+    if sampled_token_kl(objective):
         if sampler_logprobs_BT is None or teacher_logprobs_BT is None:
             raise ValueError("sampled-token OPD advantages need sampler and teacher logprobs")
         kl_BT = reverse_kl_advantages(sampler_logprobs_BT.float(), teacher_logprobs_BT.float(),
                                       mask_BT, coef=objective.kl_coef,
                                       discount=objective.discount)
     reward_B = torch.zeros(mask_BT.shape[0], dtype=torch.float32, device=mask_BT.device)
-    if objective.method in ("rl", "opd+reward"):
+    if method_of(objective).uses_reward:
         if rewards_B is None or group_ids_B is None:
             raise ValueError(f"method={objective.method} needs rewards and group ids")
         reward_B = group_normalized_advantages(rewards_B.float(), group_ids_B)
-    weight = objective.reward_weight if objective.method in ("rl", "opd+reward") else 0.0
+    weight = objective.reward_weight if method_of(objective).uses_reward else 0.0
     return combine_advantages(kl_BT, reward_B, mask_BT, kl_weight=1.0, reward_weight=weight)
 
 
@@ -97,7 +98,7 @@ def _full_vocab_loss(objective, logits_BTV, tokens_BT, topk_ids_BTK, topk_lp_BTK
     pg_loss, metrics = policy_loss(learner_BT, sampler_BT, advantages_BT, mask_BT,
                                    **_policy_kwargs(objective))
     loss = objective.kl_coef * kl_loss
-    if objective.method == "opd+reward":
+    if method_of(objective).uses_reward:
         loss = loss + pg_loss
     on = mask_BT.bool()
     metrics.update(
@@ -135,13 +136,13 @@ def compute_loss(objective: ObjectiveConfig, logits_BSV: torch.Tensor, batch, *,
     logits_BTV = logits_BSV[:, :-1]
     tokens_BT = batch.token_ids[:, 1:]
     mask_BT = batch.response_mask[:, 1:]
-    if objective.method == "sft":
+    if not method_of(objective).on_policy:
         learner_BT = sampled_token_logprobs(logits_BTV, tokens_BT, temperature=temperature,
                                             chunk_size=chunk_size, tp_group=tp_group)
         return sft_loss(learner_BT, mask_BT, norm=objective.loss_norm)
     sampler_BT = batch.sampler_logprobs[:, 1:]
     advantages_BT = batch.advantages[:, 1:]
-    if objective.kl_estimator == "full_vocab" and objective.method != "rl":
+    if full_vocab_kl(objective):
         if batch.teacher_topk_ids is None or batch.teacher_topk_logprobs is None:
             raise ValueError("kl_estimator=full_vocab needs batch.teacher_topk_ids/logprobs "
                              "(K = vocab size for the exact full-vocabulary KL)")

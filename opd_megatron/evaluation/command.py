@@ -7,7 +7,7 @@
 
 Prints avg@k and pass@k and, with ``--output``, writes the full result as JSON. Requests go
 through ``opd_megatron.engines.EngineClient`` (the run's own client), prompts are encoded
-like the training prompts (``opd_megatron.data.encode_prompt``).
+like the training prompts (``opd_megatron.data.prompts.encode_prompt``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 
 from opd_megatron.errors import ConfigError
 from opd_megatron.evaluation.benchmarks import BENCHMARKS, load_benchmark
-from opd_megatron.evaluation.runner import PRESETS, GenerateFn, SamplingParams, evaluate, preset
+from opd_megatron.evaluation.suite import PRESETS, GenerateFn, SamplingParams, evaluate, preset
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,6 +112,6 @@ def cli_main(argv: Sequence[str], generate_fn: Optional[GenerateFn] = None) -> i
 
 
 if __name__ == "__main__":
-    from opd_megatron.cli import run_delegated
+    from opd_megatron.errors import cli_entry
 
-    raise SystemExit(run_delegated(cli_main))
+    raise SystemExit(cli_entry(cli_main))

@@ -3,28 +3,10 @@ learner's parallel layout, tokens and estimated FLOPs per step."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from opd_megatron.config.schema import Config
-
-
-@dataclass(frozen=True)
-class StepRoles:
-    """Who works in one training step of a method (one rule for the loop, FLOPs and plans)."""
-
-    sampler: Optional[str]
-    """FLOPs role that samples the responses: student_sampling (on-policy), teacher_sampling
-    (sft on teacher samples), or None (sft on the task's reference solutions)."""
-    teacher_scores: bool
-    """The teacher scores every response (the distillation methods, given a teacher)."""
-
-
-def step_roles(cfg: Config) -> StepRoles:
-    method = cfg.objective.method
-    if method == "sft":
-        return StepRoles("teacher_sampling" if cfg.data.sft_targets == "teacher" else None, False)
-    return StepRoles("student_sampling", method in ("opd", "opd+reward") and bool(cfg.teacher.path))
+from opd_megatron.methods import step_roles
 
 
 def tokens_per_step(cfg: Config) -> Dict[str, int]:
@@ -35,7 +17,7 @@ def tokens_per_step(cfg: Config) -> Dict[str, int]:
 
 
 def flops_per_step(cfg: Config, hf: Dict[str, Optional[dict]]) -> Dict[str, float]:
-    from opd_megatron.flops import FlopsCounter, resolve_shape, shape_from_hf_config
+    from opd_megatron.plan.flops import FlopsCounter, resolve_shape, shape_from_hf_config
 
     def shape(role: str):
         model = getattr(cfg, role)
@@ -60,7 +42,7 @@ def flops_per_step(cfg: Config, hf: Dict[str, Optional[dict]]) -> Dict[str, floa
 
 
 def describe_plan(cfg: Config, hf: Dict[str, Optional[dict]], num_nodes: Optional[int] = None) -> str:
-    from opd_megatron.placement import format_plan, plan
+    from opd_megatron.plan.placement import format_plan, plan
 
     p, e = cfg.parallel, cfg.engines
     nodes = [f"node{i}" for i in range(num_nodes or cfg.cluster.num_nodes)]

@@ -8,7 +8,10 @@ sit in ``follow`` and make the same call. One process (world size 1) uses the le
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict
+
+from opd_megatron.config.schema import Config
+from opd_megatron.methods import uses_megatron_teacher
 
 STOP = "__stop__"
 
@@ -63,3 +66,17 @@ def follow(targets: dict) -> None:
             dist.barrier()
             return
         getattr(targets[key], name)(*args, **kwargs)
+
+
+def build_learner_side(cfg: Config) -> Dict[str, Any]:
+    """What every learner rank builds, in the same order on all of them (the constructors are
+    collective): ``learner`` (the student), and ``teacher`` when it scores inside Megatron."""
+    from opd_megatron.learner import FrozenTeacher, Learner
+
+    built: Dict[str, Any] = {"learner": Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel,
+                                                num_steps=cfg.run.num_steps, seed=cfg.run.seed,
+                                                sampling_temperature=cfg.rollout.temperature,
+                                                lora=cfg.lora)}
+    if uses_megatron_teacher(cfg):
+        built["teacher"] = FrozenTeacher(cfg.teacher, cfg.parallel, seed=cfg.run.seed)
+    return built

@@ -1,6 +1,6 @@
 """Rendering of the run report: Markdown sections and PNG plots (matplotlib, Agg backend).
 
-Pure functions over what opd_megatron.report read from a run directory (records of
+Pure functions over what opd_megatron.report.runs read from a run directory (records of
 metrics.jsonl, summary.json, the environment), so a partial run renders what it has and
 states what is missing instead of failing.
 """
@@ -235,7 +235,7 @@ def render_report(run_dir: Path, config_text: str, config: dict, records: List[d
                                                     f"{fmt(o.get('reverse_kl_after'))}"],
         ["skipped steps", fmt(o.get("num_skipped_steps"))]])
     lines += ["", "## FLOPs by role", "", "Per token: 2N forward (+ attention), 6N training "
-              "(opd_megatron.flops), counted from the tokens processed.", ""]
+              "(opd_megatron.plan.flops), counted from the tokens processed.", ""]
     lines += _flops_section(final_flops(records, summary))
     stages = stage_totals(records, summary)
     lines += ["", "## Time by stage", ""]

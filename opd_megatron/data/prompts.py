@@ -4,7 +4,7 @@ A ``PromptSource`` yields ``Prompt`` records in a fixed order set by the run see
 ``cursor`` (prompts consumed) is saved in checkpoints so a resumed run continues the same
 stream. The generated sources need no files: ``arithmetic`` (the reasoning task),
 ``instruct`` (the same problems under IF-eval style format instructions) and ``midtrain``
-(documents of new facts mixed with instruct samples; opd_megatron.tasks.knowledge). ``jsonl``
+(documents of new facts mixed with instruct samples; opd_megatron.data.knowledge). ``jsonl``
 reads one JSON object per line with ``data.prompt_key`` / ``data.answer_key``; ``hf`` loads a
 dataset at run time.
 """
@@ -19,7 +19,7 @@ from typing import List, Optional
 
 from opd_megatron.config.schema import DataConfig
 from opd_megatron.errors import ConfigError
-from opd_megatron.tasks import arithmetic, knowledge
+from opd_megatron.data import arithmetic, knowledge
 
 
 @dataclass(frozen=True)

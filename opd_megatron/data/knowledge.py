@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
-from opd_megatron.tasks import arithmetic
+from opd_megatron.data import arithmetic
 
 KINDS: Dict[str, str] = {"steps": "", "answer": "#"}
 """Instruction kind -> prompt prefix."""

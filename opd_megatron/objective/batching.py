@@ -13,6 +13,7 @@ import torch
 
 from opd_megatron import objective as obj
 from opd_megatron.config.schema import ObjectiveConfig
+from opd_megatron.methods import sampled_token_kl
 from opd_megatron.types import Rollout, TrainBatch
 
 
@@ -46,7 +47,7 @@ def pack_rollouts(rollouts: List[Rollout], pad_id: int, *, with_topk: bool = Fal
 
 def add_advantages(batch: TrainBatch, rollouts: List[Rollout], objective: ObjectiveConfig) -> TrainBatch:
     """Fill batch.advantages (reverse-KL term and/or group-normalised reward, per the method)."""
-    needs_kl = objective.method in ("opd", "opd+reward") and objective.kl_estimator == "sampled_token"
+    needs_kl = sampled_token_kl(objective)
     batch.advantages = obj.build_advantages(
         objective, batch.response_mask, sampler_logprobs_BT=batch.sampler_logprobs,
         teacher_logprobs_BT=batch.teacher_logprobs if needs_kl else None,

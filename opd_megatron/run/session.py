@@ -11,16 +11,15 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from opd_megatron import rundir
+from opd_megatron.run import rundir
 from opd_megatron.config.schema import Config
 from opd_megatron.data import Prompt, PromptSource, encode_prompt, heldout_prompts
-from opd_megatron.logging_utils import MetricsWriter
-from opd_megatron.spmd import Collective, stop_followers, world_size
-from opd_megatron.batching import pack_rollouts
-from opd_megatron.loop import Components, train
-from opd_megatron.plan import step_roles
-from opd_megatron.runner import build_learner_side
-from opd_megatron.tasks.arithmetic import is_correct
+from opd_megatron.run.logs import MetricsWriter
+from opd_megatron.run.spmd import Collective, build_learner_side, stop_followers, world_size
+from opd_megatron.objective.batching import pack_rollouts
+from opd_megatron.run.loop import Components, train
+from opd_megatron.methods import method_of, needs_teacher_servers, step_roles
+from opd_megatron.data.arithmetic import is_correct
 from opd_megatron.types import Rollout
 
 FAULT_NAN_TEACHER_ENV = "OPD_FAULT_NAN_TEACHER_AT"
@@ -51,17 +50,11 @@ class Session:
             item.split("@") for item in os.environ.get(FAULT_KILL_SERVER_ENV, "").split(",") if "@" in item)}
 
     # ----- set-up -------------------------------------------------------------------------
-    def _needs_teacher_server(self) -> bool:
-        c = self.cfg
-        if not c.teacher.path or c.objective.teacher_backend == "megatron" and c.objective.method != "sft":
-            return False
-        return not (c.objective.method == "sft" and c.data.sft_targets == "reference")
-
     def _start_servers(self) -> None:
         from opd_megatron.engines import EngineClient, launch_engines, make_weight_sync
 
         cfg = self.cfg
-        teacher = cfg.teacher if self._needs_teacher_server() else None
+        teacher = cfg.teacher if needs_teacher_servers(cfg) else None
         groups = self.groups = launch_engines(cfg.student, teacher, cfg.engines, self.run_dir / "logs",
                                               seed=cfg.run.seed)
         for group in groups.values():
@@ -81,7 +74,7 @@ class Session:
     def _build(self) -> Components:
         from transformers import AutoTokenizer
 
-        from opd_megatron.flops import FlopsCounter, resolve_shape
+        from opd_megatron.plan.flops import FlopsCounter, resolve_shape
 
         cfg = self.cfg
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.student.tokenizer or cfg.student.path)
@@ -116,7 +109,7 @@ class Session:
                 max_new_tokens=None, seed_offset: int = 0) -> List[Rollout]:
         r, cfg = self.cfg.rollout, self.cfg
         if client is None:
-            client = self.teacher_client if cfg.objective.method == "sft" else self.student_client
+            client = self.student_client if method_of(cfg.objective).on_policy else self.teacher_client
         role = "teacher" if client is self.teacher_client else "student"
         call = self._teacher_call if role == "teacher" else self._engine_call
         with self._injected_kill(role if seed_offset == 0 else None):
@@ -271,8 +264,8 @@ class Session:
             self._sync(step)
         out = {"accuracy": self._accuracy(self.student_client), "reverse_kl": self._reverse_kl()}
         if self.cfg.eval.benchmarks:
-            from opd_megatron.evaluation.cli import client_generate_fn
-            from opd_megatron.evaluation.runner import evaluate_benchmarks
+            from opd_megatron.evaluation.command import client_generate_fn
+            from opd_megatron.evaluation.suite import evaluate_benchmarks
 
             generate = client_generate_fn(self.student_client, self.tokenizer, self.cfg.data.chat_template)
             out.update(evaluate_benchmarks(self.cfg.eval, generate, seed=self.cfg.run.seed))
@@ -305,8 +298,6 @@ class Session:
 
     # ----- the run ------------------------------------------------------------------------------
     def execute(self) -> int:
-        from opd_megatron.runner import EXIT_PREEMPTED
-
         c = self.components = self._build()
         self.stack.callback(c.log.close)  # stop the live display also when the run fails
         self._resume(c)
@@ -321,6 +312,8 @@ class Session:
             c.log.write({"step": 0, **self.before})
         self.step = train(c, self.start_step)
         if self.preempt.flag and self.step < self.cfg.run.num_steps:
+            from opd_megatron.errors import EXIT_PREEMPTED
+
             return EXIT_PREEMPTED
         with c.timer.stage("eval"):
             self.after = self._evaluate(self.step)

@@ -2,7 +2,7 @@
 
 prompts -> rollouts (student servers; teacher servers for sft) -> teacher scores -> advantages
 -> learner step -> weight sync to the student servers -> eval / checkpoint / log.
-Everything it touches is built by opd_megatron.runner and passed in as ``Components``.
+Everything it touches is built by opd_megatron.run.runner and passed in as ``Components``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
-from opd_megatron.batching import add_advantages, pack_rollouts, sampled_reverse_kl
+from opd_megatron.objective.batching import add_advantages, pack_rollouts, sampled_reverse_kl
 from opd_megatron.config.schema import Config
 from opd_megatron.errors import RuntimeFailure
-from opd_megatron.logging_utils import StageTimer
+from opd_megatron.methods import method_of
+from opd_megatron.run.logs import StageTimer
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Components:
     sync: Callable        # (version) -> None: pushes learner weights to the student servers
     evaluate: Callable    # (step) -> dict of eval metrics
     checkpoint: Callable  # (step) -> None
-    flops: Any            # opd_megatron.flops.FlopsCounter
+    flops: Any            # opd_megatron.plan.flops.FlopsCounter
     log: Any              # MetricsWriter
     pad_id: int = 0
     preempted: Callable[[], bool] = lambda: False
@@ -41,7 +42,7 @@ def train(c: Components, start_step: int) -> int:
     """Run steps start_step+1 .. num_steps; returns the last completed step."""
     cfg, step = c.cfg, start_step
     with_topk = cfg.objective.kl_estimator == "full_vocab"
-    on_policy = cfg.objective.method != "sft"
+    on_policy = method_of(cfg.objective).on_policy
     while step < cfg.run.num_steps:
         t0 = time.perf_counter()
         with c.timer.stage("rollout"):

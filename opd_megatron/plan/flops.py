@@ -4,7 +4,7 @@ Run it::
 
     opd flops --student qwen3-8b --teacher qwen3-32b --tokens 1.25e9   # the TML OPD row
     opd flops --table tml                                               # the blog's 9x / 30x
-    python -m opd_megatron.flops --student path/to/hf_dir --tokens 1e6
+    python -m opd_megatron.plan.flops --student path/to/hf_dir --tokens 1e6
 
 The formulas (one place, used by the loop, the report and the CLI):
 
@@ -250,12 +250,12 @@ def tml_token_counts(context_tokens: float = DEFAULT_CONTEXT_TOKENS) -> Dict[str
     s8, t32 = NAMED_SHAPES["qwen3-8b"], NAMED_SHAPES["qwen3-32b"]
     fwd_s, fwd_t = forward_flops_per_token(s8, context_tokens), forward_flops_per_token(t32, context_tokens)
     out = {}
-    for method, (_, teacher_flops, student_flops) in TML_TABLE.items():
-        if method == "OPD":
+    for row, (_, teacher_flops, student_flops) in TML_TABLE.items():
+        if row == "OPD":
             student_tokens = student_flops / (fwd_s + train_flops_per_token(s8, context_tokens))
         else:
             student_tokens = student_flops / train_flops_per_token(s8, context_tokens)
-        out[method] = {"student_tokens": student_tokens, "teacher_tokens": teacher_flops / fwd_t}
+        out[row] = {"student_tokens": student_tokens, "teacher_tokens": teacher_flops / fwd_t}
     return out
 
 
@@ -269,18 +269,18 @@ def tml_table(context_tokens: float = DEFAULT_CONTEXT_TOKENS) -> dict:
     s8, t32 = NAMED_SHAPES["qwen3-8b"], NAMED_SHAPES["qwen3-32b"]
     tokens = tml_token_counts(context_tokens)
     rows = {}
-    for method, (acc, pub_teacher, pub_student) in TML_TABLE.items():
+    for row, (acc, pub_teacher, pub_student) in TML_TABLE.items():
         counter = FlopsCounter(s8, t32)
-        if method == "OPD":
+        if row == "OPD":
             for role in ("student_sampling", "learner_train", "teacher_scoring"):
                 counter.add(role, TML_OPD_RECIPE_TOKENS, context_tokens)
         else:
-            counter.add("teacher_sampling", tokens[method]["teacher_tokens"], context_tokens)
-            counter.add("learner_train", tokens[method]["student_tokens"], context_tokens)
-        rows[method] = {"aime24": acc, "published_teacher_flops": pub_teacher,
+            counter.add("teacher_sampling", tokens[row]["teacher_tokens"], context_tokens)
+            counter.add("learner_train", tokens[row]["student_tokens"], context_tokens)
+        rows[row] = {"aime24": acc, "published_teacher_flops": pub_teacher,
                         "published_student_flops": pub_student,
                         "teacher_flops": counter.teacher_flops,
-                        "student_flops": counter.student_flops, **tokens[method]}
+                        "student_flops": counter.student_flops, **tokens[row]}
     opd_total = rows["OPD"]["teacher_flops"] + rows["OPD"]["student_flops"]
     sft = rows["SFT-2M"]
     return {"rows": rows, "context_tokens": context_tokens,
@@ -359,6 +359,6 @@ def cli_main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    from opd_megatron.cli import run_delegated
+    from opd_megatron.errors import cli_entry
 
-    raise SystemExit(run_delegated(cli_main))
+    raise SystemExit(cli_entry(cli_main))

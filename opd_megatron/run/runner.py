@@ -17,11 +17,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from opd_megatron import rundir
+from opd_megatron.run import rundir
 from opd_megatron.config.schema import Config
-from opd_megatron.errors import ConfigError
+from opd_megatron.errors import EXIT_PREEMPTED, ConfigError
 
-EXIT_PREEMPTED = 3
 
 
 class Preemption:
@@ -45,7 +44,7 @@ class Preemption:
             signal.signal(sig, old)
 
 
-def _run_prepare_recipe(recipe: str) -> Path:
+def run_prepare_recipe(recipe: str) -> Path:
     from opd_megatron.config import load_and_validate
 
     cfg, _ = load_and_validate(recipe)
@@ -59,7 +58,7 @@ def _run_prepare_recipe(recipe: str) -> Path:
 
 def run(cfg: Config, recipe: str = "", overrides: Optional[List[str]] = None) -> int:
     """Run a validated config end to end; returns the exit code."""
-    from opd_megatron.prepare import ensure_model
+    from opd_megatron.run.prepare import ensure_model
 
     if int(os.environ.get("RANK", "0")) != 0:
         return _follow(cfg)
@@ -68,16 +67,16 @@ def run(cfg: Config, recipe: str = "", overrides: Optional[List[str]] = None) ->
     for role in ("teacher", "student"):
         model = getattr(cfg, role)
         if model.path:
-            ensure_model(model, role, _run_prepare_recipe)
+            ensure_model(model, role, run_prepare_recipe)
     run_dir = rundir.open_run_dir(cfg, mode)
-    from opd_megatron.report import write_environment
+    from opd_megatron.report.runs import write_environment
 
     write_environment(run_dir)  # git sha, versions, hardware of the machine that runs it
     t0 = time.perf_counter()
     session = None
     error: Optional[str] = None
     try:
-        from opd_megatron.session import Session
+        from opd_megatron.run.session import Session
 
         with ExitStack() as stack, Preemption() as preempt:
             session = Session(cfg, run_dir, stack, preempt)
@@ -90,15 +89,9 @@ def run(cfg: Config, recipe: str = "", overrides: Optional[List[str]] = None) ->
         _finish(cfg, run_dir, session, time.perf_counter() - t0, error)
 
 
-def uses_megatron_teacher(cfg: Config) -> bool:
-    """The teacher scores inside the learner's process grid (objective.teacher_backend=megatron)."""
-    return (cfg.objective.teacher_backend == "megatron" and bool(cfg.teacher.path)
-            and cfg.objective.method in ("opd", "opd+reward"))
-
-
 def _follow(cfg: Config) -> int:
     """A learner rank > 0 under torchrun: build the learner, mirror rank 0's calls."""
-    from opd_megatron.spmd import follow
+    from opd_megatron.run.spmd import build_learner_side, follow
 
     for role in ("student", "teacher"):
         if getattr(cfg, role).path and not Path(getattr(cfg, role).path).exists():
@@ -106,20 +99,6 @@ def _follow(cfg: Config) -> int:
                               f"run (run its prepare recipe once in one process first)")
     follow(build_learner_side(cfg))
     return 0
-
-
-def build_learner_side(cfg: Config) -> Dict[str, Any]:
-    """What every learner rank builds, in the same order on all of them (the constructors are
-    collective): ``learner`` (the student), and ``teacher`` when it scores inside Megatron."""
-    from opd_megatron.learner import FrozenTeacher, Learner
-
-    built: Dict[str, Any] = {"learner": Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel,
-                                                num_steps=cfg.run.num_steps, seed=cfg.run.seed,
-                                                sampling_temperature=cfg.rollout.temperature,
-                                                lora=cfg.lora)}
-    if uses_megatron_teacher(cfg):
-        built["teacher"] = FrozenTeacher(cfg.teacher, cfg.parallel, seed=cfg.run.seed)
-    return built
 
 
 def _finish(cfg: Config, run_dir: Path, session: Any, wall_s: float, error: Optional[str]) -> None:
@@ -135,7 +114,7 @@ def _finish(cfg: Config, run_dir: Path, session: Any, wall_s: float, error: Opti
         print(summary_table(cfg, summary), flush=True)
     if cfg.report.enabled:
         try:
-            from opd_megatron.report import write_report
+            from opd_megatron.report.runs import write_report
 
             write_report(run_dir, plots=cfg.report.plots)
         except Exception as e:  # the report must never hide the run's own outcome
@@ -164,4 +143,4 @@ def summary_table(cfg: Config, s: Dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["run", "ConfigError", "EXIT_PREEMPTED"]
+__all__ = ["run", "run_prepare_recipe"]

@@ -1,6 +1,6 @@
 """Run logs: stage timers, metrics.jsonl + TensorBoard events, and the live progress line.
 
-Each step appends one JSON object to ``metrics.jsonl`` (schema in opd_megatron.report) and the
+Each step appends one JSON object to ``metrics.jsonl`` (schema in opd_megatron.report.runs) and the
 same scalars to TensorBoard. The progress display is a rich live bar (step, reverse KL, accuracy,
 tokens/s, ETA) on a terminal unless ``run.quiet``; otherwise one plain line per logged step.
 """

@@ -2,7 +2,7 @@
 
     opd report RUN_DIR                      writes RUN_DIR/report.md (+ PNG plots next to it)
     opd report --compare RUN_A RUN_B ...    prints the method table (first run = baseline)
-    python -m opd_megatron.report RUN_DIR
+    python -m opd_megatron.report.runs RUN_DIR
 
 ``write_report`` is called at the end of every run, also a failed one, so everything it reads
 may be missing or partial: a truncated last line of metrics.jsonl, no summary.json, no evals.
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from opd_megatron.errors import ConfigError
-from opd_megatron.flops import ROLES
-from opd_megatron.report_render import (accuracy_curve, flops_to_reach, flops_total, render_report,
+from opd_megatron.plan.flops import ROLES
+from opd_megatron.report.render import (accuracy_curve, flops_to_reach, flops_total, render_report,
                                         write_plots)
 
 METRIC_KEYS: Dict[str, str] = {
@@ -211,7 +211,7 @@ def write_report(run_dir, plots: bool = True) -> Path:
 
 
 def _run_row(run_dir: Path, teacher_accuracy: Optional[float]) -> Dict[str, Any]:
-    from opd_megatron.report_render import final_flops, outcome
+    from opd_megatron.report.render import final_flops, outcome
 
     records, _ = read_metrics(run_dir / "metrics.jsonl")
     summary = _read_json(run_dir / "summary.json")
@@ -241,7 +241,7 @@ def compare_table(run_dirs: Sequence[Path], teacher_accuracy: Optional[float] = 
     the FLOPs where it was reached; compute efficiency (target) = baseline's / this run's;
     the same at the common level (the highest accuracy every run reached).
     """
-    from opd_megatron.report_render import fmt
+    from opd_megatron.report.render import fmt
 
     rows = [_run_row(Path(d), teacher_accuracy) for d in run_dirs]
     base = rows[0]
@@ -308,6 +308,6 @@ def cli_main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    from opd_megatron.cli import run_delegated
+    from opd_megatron.errors import cli_entry
 
-    raise SystemExit(run_delegated(cli_main))
+    raise SystemExit(cli_entry(cli_main))

@@ -34,6 +34,7 @@ import yaml
 
 from opd_megatron.config.schema import Config, EngineRoleConfig, ModelConfig
 from opd_megatron.errors import ConfigError
+from opd_megatron.methods import needs_teacher_servers
 from opd_megatron.models.qwen3_shapes import shape_config
 
 GIB = 1024**3
@@ -266,15 +267,6 @@ def _learner_memory(cfg: Config, profile: ClusterProfile) -> Optional[MemoryEsti
                           f"GiB (profile {profile.name}); raise parallel.tp/pp or set parallel.distributed_optimizer")
     return MemoryEstimate(f"learner tp{p.tp} pp{p.pp} dp{p.dp}: weights+grads+Adam {gib:.1f} GiB "
                           f"(activations excluded)", gib, budget)
-
-
-def needs_teacher_servers(cfg: Config) -> bool:
-    """Teacher SGLang servers run unless the teacher lives in the learner or is not used at all
-    (the same rule as opd_megatron.session, which launches them for ``opd run``)."""
-    o = cfg.objective
-    if not cfg.teacher.path or (o.teacher_backend == "megatron" and o.method != "sft"):
-        return False
-    return not (o.method == "sft" and getattr(cfg.data, "sft_targets", "teacher") == "reference")
 
 
 def _check_weight_sync(cfg: Config, student: Sequence[Server], learner: Sequence[str]) -> None:

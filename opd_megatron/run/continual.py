@@ -34,9 +34,10 @@ from typing import Any, Dict, List, Optional, Tuple
 from opd_megatron.config import to_yaml
 from opd_megatron.config.schema import Config
 from opd_megatron.errors import ConfigError, RuntimeFailure
-from opd_megatron.rundir import run_dir_of
-from opd_megatron.tasks import knowledge
-from opd_megatron.tasks.arithmetic import is_correct
+from opd_megatron.run.rundir import run_dir_of
+from opd_megatron.data import knowledge
+from opd_megatron.data.arithmetic import is_correct
+from opd_megatron.methods import method_of
 
 
 def phases(cfg: Config, root: Path) -> List[Tuple[str, Config]]:
@@ -156,14 +157,14 @@ def table(rows: List[Dict[str, Any]], rounds: int) -> str:
 
 
 def run_continual(cfg: Config) -> int:
-    from opd_megatron.prepare import ensure_model
-    from opd_megatron.runner import _run_prepare_recipe
+    from opd_megatron.run.prepare import ensure_model
+    from opd_megatron.run.runner import run_prepare_recipe
 
-    if cfg.objective.method not in ("opd", "opd_reward"):
-        raise ConfigError(f"objective.method: the continual recipe distils with opd or opd_reward, "
+    if not method_of(cfg.objective).distills:
+        raise ConfigError(f"objective.method: the continual recipe distils with opd or opd+reward, "
                           f"not {cfg.objective.method}")
     root = run_dir_of(cfg)
-    ensure_model(cfg.student, "student", _run_prepare_recipe)
+    ensure_model(cfg.student, "student", run_prepare_recipe)
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(to_yaml(cfg))
     results_path = root / "continual.json"
