@@ -1,4 +1,4 @@
-"""Write the versions file of a container image (read by opd_megatron.report.runs into report.md).
+"""Write the versions file of a container image (read by opd_megatron.report.environment into report.md).
 
     python launch/image_versions.py /opt/opd/versions.json   # the Dockerfile runs this at build time
 

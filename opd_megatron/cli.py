@@ -24,9 +24,9 @@ from opd_megatron.errors import EXIT_OK, cli_entry
 DELEGATED = {
     "continual": ("opd_megatron.run.continual", "mid-train on new documents, then OPD from an earlier checkpoint; rounds"),
     "convert": ("opd_megatron.learner.convert", "HF <-> Megatron checkpoint conversion"),
-    "eval": ("opd_megatron.evaluation.command", "evaluate a model (AIME/MATH500/GPQA/tiny task)"),
+    "eval": ("opd_megatron.evaluation.opd_eval", "evaluate a model (AIME/MATH500/GPQA/tiny task)"),
     "flops": ("opd_megatron.plan.flops", "FLOPs account for models and token counts"),
-    "report": ("opd_megatron.report.runs", "write or compare run reports"),
+    "report": ("opd_megatron.report.opd_report", "write or compare run reports"),
 }
 
 
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from opd_megatron.config import load_and_validate, to_yaml
+    from opd_megatron.config import to_yaml
+    from opd_megatron.run.preflight import load_and_validate
     from opd_megatron.plan.describe import describe_plan
 
     cfg, hf = load_and_validate(args.recipe, args.overrides)
@@ -61,7 +62,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from opd_megatron.config import load_and_validate
+    from opd_megatron.run.preflight import load_and_validate
     from opd_megatron.run.runner import run
 
     cfg, _ = load_and_validate(args.recipe, args.overrides)

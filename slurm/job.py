@@ -28,13 +28,12 @@ import urllib.error
 import urllib.request
 from typing import Optional, Sequence
 
-from opd_megatron.config import load_and_validate, load_config
+from opd_megatron.config import load_config
+from opd_megatron.config.layout import server_seed
 from opd_megatron.config.schema import Config
 from opd_megatron.errors import ConfigError, RuntimeFailure
 from opd_megatron.plan.placement import Placement, plan, shell_exports
-
-TEACHER_SEED_OFFSET = 1000
-"""Teacher servers' seeds follow run.seed + 1000 + i, as opd_megatron.engines.launcher does."""
+from opd_megatron.run.preflight import load_and_validate
 
 
 def _placement(args: argparse.Namespace, cfg: Config) -> Placement:
@@ -96,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         launcher.check_cpu_stack()
     else:
         launcher.check_gpu_stack()
-    seed = cfg.run.seed + args.index + (TEACHER_SEED_OFFSET if args.role == "teacher" else 0)
+    seed = server_seed(cfg.run.seed, args.role, args.index)  # as opd_megatron.engines.launcher seeds it
     api_key = os.environ.get(cfg.engines.api_key_env) if cfg.engines.api_key_env else None
     cmd = launcher.build_server_command(model, role_cfg, host=p.profile.bind_host, port=server.port,
                                         device=device, seed=seed, api_key=api_key)

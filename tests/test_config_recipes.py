@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from opd_megatron.cli import main
-from opd_megatron.config import load_and_validate, load_config, to_yaml
+from opd_megatron.config import load_config, to_yaml
+from opd_megatron.run.preflight import load_and_validate
 from tests.conftest import REPO
 
 RECIPES = sorted(p.relative_to(REPO) for p in (REPO / "recipes").rglob("*.yaml"))

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from opd_megatron.config import load_and_validate
 from opd_megatron.config.schema import DataConfig
 from opd_megatron.config.validate import check_ranges
 from opd_megatron.data import PromptSource, heldout_prompts
 from opd_megatron.data import arithmetic, knowledge
+from opd_megatron.run.preflight import load_and_validate
 from tests.conftest import PYTHON, REPO
 
 BASE = REPO / "assets/tiny/instruct-base"

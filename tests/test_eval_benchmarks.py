@@ -11,7 +11,7 @@ import pytest
 from opd_megatron.errors import ConfigError
 from opd_megatron.evaluation import (PRESETS, SamplingParams, arithmetic_benchmark, evaluate,
                                      load_benchmark, preset, sampling_from_eval_config)
-from opd_megatron.evaluation.command import cli_main
+from opd_megatron.evaluation.opd_eval import cli_main
 
 AIME_ROWS = [{"id": 60 + i, "problem": f"Find {i} plus {i}.", "solution": "...", "answer": str(2 * i),
               "url": "u", "year": "2024"} for i in range(6)]
@@ -159,7 +159,7 @@ def test_offline_hub_load_is_a_one_line_exit_2():
     import sys
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "opd_megatron.evaluation.command", "--benchmark", "aime24",
+    proc = subprocess.run([sys.executable, "-m", "opd_megatron.evaluation.opd_eval", "--benchmark", "aime24",
                            "--server-url", "http://127.0.0.1:9"], capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr

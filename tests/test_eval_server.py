@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from opd_megatron.evaluation import SamplingParams, arithmetic_benchmark
-from opd_megatron.evaluation.command import cli_main, engine_generate_fn
+from opd_megatron.evaluation.opd_eval import cli_main, engine_generate_fn
 from opd_megatron.models.tiny import build_tokenizer
 from tests.engines_helpers import hf_model
 

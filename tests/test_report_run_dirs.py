@@ -9,7 +9,7 @@ import pytest
 
 from opd_megatron import report
 from opd_megatron.errors import ConfigError
-from opd_megatron.report.runs import METRIC_KEYS, cli_main, flops_to_reach, read_metrics, write_report
+from opd_megatron.report import METRIC_KEYS, cli_main, flops_to_reach, read_metrics, write_report
 
 CONFIG_YAML = """run:
   name: {name}

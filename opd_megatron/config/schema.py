@@ -2,34 +2,54 @@
 
 A recipe (``recipes/*.yaml``) is a small YAML diff over these dataclasses; the command line
 adds ``key=value`` overrides with dotted paths. Every field has a default and a docstring
-(the string literal under it). Cross-field rules (tp vs heads, roles vs nodes, ...) live in
-``opd_megatron.config.validate``; this file only says what exists and what it means.
-
-Allowed values of string choices are listed in ``CHOICES`` so the validator and the docs
-read them from one place.
+(the string literal under it), and, where it has one, its range (``ranged``: a predicate and
+the words the error quotes) or its choices (``choice``), written once at the field: a section
+used under several keys (``EngineRoleConfig`` under ``engines.student`` and
+``engines.teacher``) carries them once. ``CHOICES`` and ``RANGES`` at the bottom list them by
+dotted key for the validator and the docs. Rules across fields (tp vs heads, roles vs nodes,
+...) live in ``opd_megatron.config.validate``; this file only says what exists, what it means
+and what each value may be.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Optional
+from dataclasses import Field, dataclass, field, fields, is_dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, get_type_hints
+
+RANGE = "range"
+"""Field metadata key of ``ranged``: (what is allowed, in words; predicate)."""
+CHOICE = "choices"
+"""Field metadata key of ``choice``: the allowed values."""
+
+
+def ranged(default: Any, allowed: str, ok: Callable[[Any], bool]) -> Any:
+    """A field with its range: ``ok(value)`` must hold; ``allowed`` says what that is in the
+    error (``{key}: must be {allowed} (got {value!r})``)."""
+    return field(default=default, metadata={RANGE: (allowed, ok)})
+
+
+def choice(default: str, allowed: Tuple[str, ...]) -> Any:
+    """A string field that takes one of ``allowed``."""
+    assert default in allowed, f"default {default!r} is not one of {allowed}"
+    return field(default=default, metadata={CHOICE: tuple(allowed)})
 
 
 @dataclass
 class RunConfig:
-    name: str = "opd-run"
+    name: str = ranged("opd-run", "a non-empty name without '/'",
+                       lambda v: bool(v) and "/" not in v and v not in (".", ".."))
     """Run name; the run directory is ``{output_dir}/{name}``."""
-    seed: int = 1234
+    seed: int = ranged(1234, ">= 0", lambda v: v >= 0)
     """Seed for data order, sampling and initialisation; fixes a CPU run bit for bit."""
     output_dir: str = "runs"
     """Parent directory of run directories."""
-    num_steps: int = 10
+    num_steps: int = ranged(10, ">= 1", lambda v: v >= 1)
     """Number of optimizer steps (one rollout batch each)."""
-    log_interval: int = 1
+    log_interval: int = ranged(1, ">= 1", lambda v: v >= 1)
     """Steps between metric log lines."""
     quiet: bool = False
     """Plain one-line-per-step logs instead of the live progress display."""
-    on_nonfinite: str = "skip"
+    on_nonfinite: str = choice("skip", ("skip", "stop"))
     """What a NaN/inf in teacher logprobs, advantages or loss does: skip (the step, counted) | stop."""
     overwrite: bool = False
     """Allow starting fresh in a run directory that holds another config (else: resume or refuse)."""
@@ -41,7 +61,7 @@ class ModelConfig:
     """HF model directory (config.json + safetensors + tokenizer)."""
     tokenizer: Optional[str] = None
     """Tokenizer directory; defaults to ``path``."""
-    dtype: str = "float32"
+    dtype: str = choice("float32", ("float32", "bfloat16", "float16"))
     """Compute dtype: float32 | bfloat16 | float16. CPU runs use float32."""
     prepare: Optional[str] = None
     """Recipe that builds this checkpoint when ``path`` does not exist (tiny CPU models)."""
@@ -49,9 +69,15 @@ class ModelConfig:
     """Shape name for FLOPs/plan estimates when the config is not readable (e.g. qwen3-8b)."""
 
 
+RANDOM_PREFIX = "tiny-random:"
+"""``model.prepare`` of this form builds a randomly initialised tiny model of a named shape."""
+RANDOM_SHAPES = ("teacher", "student")
+"""The shapes ``tiny-random:<shape>`` can name."""
+
+
 @dataclass
 class DataConfig:
-    source: str = "arithmetic"
+    source: str = choice("arithmetic", ("arithmetic", "instruct", "midtrain", "jsonl", "hf"))
     """Prompt source: arithmetic (generated task) | instruct (the generated task with IF-eval
     style format instructions, opd_megatron.data.knowledge) | midtrain (documents of new
     facts, mixed with instruct samples at data.chat_ratio) | jsonl (a file) | hf (datasets at
@@ -64,28 +90,28 @@ class DataConfig:
     """Field holding the prompt text (jsonl/hf)."""
     answer_key: str = "answer"
     """Field holding the verifiable answer (jsonl/hf)."""
-    chat_template: str = "none"
+    chat_template: str = choice("none", ("none", "tokenizer"))
     """none (raw prompt text) | tokenizer (apply the tokenizer's chat template)."""
-    num_heldout: int = 500
+    num_heldout: int = ranged(500, ">= 1", lambda v: v >= 1)
     """Held-out prompts of the generated task, never trained on."""
-    min_ops: int = 2
+    min_ops: int = ranged(2, ">= 1", lambda v: v >= 1)
     """Generated task: fewest operators per expression."""
     max_ops: int = 4
     """Generated task: most operators per expression."""
-    num_sft_samples: int = 4096
+    num_sft_samples: int = ranged(4096, ">= 1", lambda v: v >= 1)
     """Teacher samples drawn for the off-policy (SFT) dataset."""
-    sft_targets: str = "teacher"
+    sft_targets: str = choice("teacher", ("teacher", "reference"))
     """What sft trains on: teacher (fresh teacher samples = off-policy distillation) | reference
     (the task's ground-truth solutions; how the tiny teacher itself is trained)."""
     facts_seed: int = 0
     """midtrain: which fact set the documents hold (the continual recipe uses one per round)."""
-    num_facts: int = 200
+    num_facts: int = ranged(200, "in [1, 900] (3-digit keys)", lambda v: 1 <= v <= 900)
     """midtrain: facts in the set."""
-    facts_per_document: int = 4
+    facts_per_document: int = ranged(4, ">= 1", lambda v: v >= 1)
     """midtrain: facts strung together in one document."""
-    chat_ratio: float = 0.0
+    chat_ratio: float = ranged(0.0, "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
     """midtrain: fraction of samples that are instruct (chat) samples instead of documents."""
-    replay_ratio: float = 0.0
+    replay_ratio: float = ranged(0.0, "in [0, 1]", lambda v: 0.0 <= v <= 1.0)
     """midtrain: fraction of documents made of facts of the earlier fact sets
     data.replay_facts_seeds (rehearsal); `opd continual` fills those in per round."""
     replay_facts_seeds: List[int] = field(default_factory=list)
@@ -94,83 +120,85 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    prompts_per_step: int = 64
+    prompts_per_step: int = ranged(64, ">= 1", lambda v: v >= 1)
     """Distinct prompts per step."""
-    samples_per_prompt: int = 1
+    samples_per_prompt: int = ranged(1, ">= 1", lambda v: v >= 1)
     """Samples per prompt (G, the group size)."""
-    max_new_tokens: int = 48
+    max_new_tokens: int = ranged(48, ">= 1", lambda v: v >= 1)
     """Longest response in tokens."""
-    temperature: float = 1.0
+    temperature: float = ranged(1.0, "> 0 (on-policy training needs sampling logprobs)",
+                                lambda v: v > 0)
     """Sampling temperature of the student."""
-    top_p: float = 1.0
+    top_p: float = ranged(1.0, "in (0, 1]", lambda v: 0 < v <= 1)
     """Nucleus sampling mass."""
-    top_k: int = -1
+    top_k: int = ranged(-1, "-1 (off) or >= 1", lambda v: v == -1 or v >= 1)
     """Top-k sampling; -1 disables."""
 
 
 @dataclass
 class ObjectiveConfig:
-    method: str = "opd"
+    method: str = choice("opd", ("opd", "sft", "rl", "opd+reward"))
     """opd | sft (off-policy distillation) | rl (GRPO, verifiable reward) | opd+reward."""
-    kl_coef: float = 1.0
+    kl_coef: float = ranged(1.0, ">= 0", lambda v: v >= 0)
     """Weight of the per-token reverse-KL advantage."""
-    discount: float = 0.0
+    discount: float = ranged(0.0, "in [0, 1]", lambda v: 0 <= v <= 1)
     """Discount of future per-token KL terms (0: each token only its own, the TML recipe)."""
-    reward_weight: float = 0.0
+    reward_weight: float = ranged(0.0, ">= 0", lambda v: v >= 0)
     """Weight of the group-normalised environment reward (rl: 1, opd+reward: >0)."""
-    kl_estimator: str = "sampled_token"
+    kl_estimator: str = choice("sampled_token", ("sampled_token", "full_vocab"))
     """sampled_token (logp_s - logp_t on the sampled token) | full_vocab (exact KL per position)."""
-    divergence: str = "reverse_kl"
+    divergence: str = choice("reverse_kl", ("reverse_kl", "forward_kl", "jsd"))
     """Full-distribution divergence: reverse_kl | forward_kl | jsd."""
-    jsd_beta: float = 0.5
+    jsd_beta: float = ranged(0.5, "in [0, 1]", lambda v: 0 <= v <= 1)
     """Generalized JSD interpolation (0: forward KL, 1: reverse KL)."""
-    teacher_top_k: int = 0
+    teacher_top_k: int = ranged(0, ">= 0", lambda v: v >= 0)
     """Teacher top-k logprobs per position for full-distribution losses; 0: sampled token only."""
-    is_correction: str = "truncated"
+    is_correction: str = choice("truncated", ("plain", "truncated", "ppo_clip"))
     """Importance-sampling correction: plain | truncated | ppo_clip."""
-    is_cap: float = 2.0
+    is_cap: float = ranged(2.0, ">= 1", lambda v: v >= 1)
     """Cap of the ratio for truncated IS."""
-    clip_eps: float = 0.2
+    clip_eps: float = ranged(0.2, "in (0, 1)", lambda v: 0 < v < 1)
     """PPO clip range."""
-    loss_norm: str = "token_mean"
+    loss_norm: str = choice("token_mean", ("token_mean", "seq_mean"))
     """token_mean (over all response tokens of the batch) | seq_mean."""
-    teacher_temperature: float = 1.0
+    teacher_temperature: float = ranged(1.0, "> 0 (0 is not a distribution to score under)",
+                                        lambda v: v > 0)
     """Temperature at which the teacher scores tokens."""
-    teacher_backend: str = "sglang"
+    teacher_backend: str = choice("sglang", ("sglang", "megatron"))
     """sglang (a teacher server) | megatron (a frozen teacher inside the learner)."""
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 3.0e-4
+    lr: float = ranged(3.0e-4, "> 0", lambda v: v > 0)
     """Peak learning rate."""
-    min_lr: float = 0.0
+    min_lr: float = ranged(0.0, ">= 0", lambda v: v >= 0)
     """Final learning rate of the cosine schedule."""
-    schedule: str = "constant"
+    schedule: str = choice("constant", ("constant", "cosine"))
     """constant | cosine (both after linear warmup)."""
-    warmup_steps: int = 10
+    warmup_steps: int = ranged(10, ">= 0", lambda v: v >= 0)
     """Linear warmup steps."""
-    weight_decay: float = 0.0
+    weight_decay: float = ranged(0.0, ">= 0", lambda v: v >= 0)
     """AdamW weight decay."""
-    beta1: float = 0.9
+    beta1: float = ranged(0.9, "in [0, 1)", lambda v: 0 <= v < 1)
     """Adam beta1."""
-    beta2: float = 0.99
+    beta2: float = ranged(0.99, "in [0, 1)", lambda v: 0 <= v < 1)
     """Adam beta2."""
-    eps: float = 1.0e-8
+    eps: float = ranged(1.0e-8, "> 0", lambda v: v > 0)
     """Adam epsilon."""
-    grad_clip: float = 1.0
+    grad_clip: float = ranged(1.0, ">= 0 (0 disables)", lambda v: v >= 0)
     """Global gradient-norm clip; 0 disables."""
 
 
 @dataclass
 class ParallelConfig:
-    tp: int = 1
+    tp: int = ranged(1, ">= 1", lambda v: v >= 1)
     """Learner tensor-parallel size."""
-    pp: int = 1
+    pp: int = ranged(1, ">= 1", lambda v: v >= 1)
     """Learner pipeline-parallel size."""
-    dp: int = 1
+    dp: int = ranged(1, ">= 1", lambda v: v >= 1)
     """Learner data-parallel size."""
-    microbatch_tokens: int = 4096
+    microbatch_tokens: int = ranged(4096, ">= 1", lambda v: v >= 1)
     """Token budget of one learner microbatch."""
     distributed_optimizer: bool = True
     """Shard optimizer state over data-parallel ranks (Megatron distributed optimizer)."""
@@ -182,7 +210,7 @@ LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
 
 @dataclass
 class LoraConfig:
-    rank: int = 0
+    rank: int = ranged(0, ">= 0 (0: off)", lambda v: v >= 0)
     """LoRA rank r of the student's adapters; 0: off (full fine-tuning)."""
     alpha: float = 32.0
     """LoRA alpha; the adapter update is scaled by alpha / rank."""
@@ -192,15 +220,15 @@ class LoraConfig:
 
 @dataclass
 class EngineRoleConfig:
-    num_servers: int = 1
+    num_servers: int = ranged(1, ">= 1", lambda v: v >= 1)
     """SGLang servers for this role."""
-    tp: int = 1
+    tp: int = ranged(1, ">= 1", lambda v: v >= 1)
     """Tensor-parallel size of each server."""
-    mem_fraction: float = 0.8
+    mem_fraction: float = ranged(0.8, "in (0, 1]", lambda v: 0 < v <= 1)
     """GPU memory fraction for weights + KV cache (GPU only)."""
-    max_total_tokens: int = 65536
+    max_total_tokens: int = ranged(65536, ">= 256", lambda v: v >= 256)
     """KV-cache capacity in tokens (keeps CPU RAM bounded)."""
-    dtype: str = "float32"
+    dtype: str = choice("float32", ("float32", "bfloat16", "float16"))
     """Serving dtype: float32 | bfloat16 | float16."""
     extra_args: List[str] = field(default_factory=list)
     """Extra SGLang command-line flags."""
@@ -216,22 +244,22 @@ class EnginesConfig:
     """Teacher (scoring) servers."""
     host: str = "127.0.0.1"
     """Bind address; only a cluster profile should widen it."""
-    base_port: int = 31000
+    base_port: int = ranged(31000, "in [1024, 65000]", lambda v: 1024 <= v <= 65000)
     """First port; servers take consecutive ports."""
     router: bool = False
     """Put student servers behind sglang-router (data-parallel rollouts)."""
-    startup_timeout_s: float = 300.0
+    startup_timeout_s: float = ranged(300.0, "> 0", lambda v: v > 0)
     """Seconds to wait for a server to become healthy."""
-    request_timeout_s: float = 120.0
+    request_timeout_s: float = ranged(120.0, "> 0", lambda v: v > 0)
     """Seconds before one request is abandoned."""
-    max_retries: int = 3
+    max_retries: int = ranged(3, ">= 0", lambda v: v >= 0)
     """Retries per request (exponential backoff) before the run fails."""
-    max_restarts: int = 2
+    max_restarts: int = ranged(2, ">= 0", lambda v: v >= 0)
     """Restarts of a launched SGLang server that died or stopped answering, per engine call:
     the server is started again, student servers get the learner's current weights, and the
     call is retried (no step is lost or done twice). 0: fail at once. Servers given by
     ``urls`` are not ours to restart."""
-    max_concurrency: int = 64
+    max_concurrency: int = ranged(64, ">= 1", lambda v: v >= 1)
     """Requests in flight per role."""
     flush_teacher_cache: bool = True
     """Flush the teacher servers' prefix cache before each teacher call, so its scores depend
@@ -241,32 +269,32 @@ class EnginesConfig:
     scoring speed with a 2-shot prefix. false for a teacher shared with other runs (a flush
     waits for their requests and drops their cache), or on GPUs without SGLang's deterministic
     inference, where scores are not bit-reproducible anyway."""
-    weight_sync: str = "tensor"
+    weight_sync: str = choice("tensor", ("tensor", "disk", "distributed"))
     """tensor (same host) | disk (HF directory) | distributed (NCCL, GPU only)."""
     api_key_env: Optional[str] = None
     """Environment variable holding the servers' API key (never logged)."""
-    device: str = "auto"
+    device: str = choice("auto", ("auto", "cpu", "cuda"))
     """Where servers run: auto (cuda if torch sees a GPU, else cpu) | cpu | cuda. cpu adds the
     CPU-only SGLang flags (see opd_megatron/engines/launcher.py)."""
 
 
 @dataclass
 class EvalConfig:
-    interval: int = 5
+    interval: int = ranged(5, ">= 0 (0: only before and after)", lambda v: v >= 0)
     """Steps between evaluations; 0: only before and after."""
-    num_prompts: int = 200
+    num_prompts: int = ranged(200, ">= 1", lambda v: v >= 1)
     """Held-out prompts per evaluation."""
-    samples_per_prompt: int = 1
+    samples_per_prompt: int = ranged(1, ">= 1", lambda v: v >= 1)
     """k for avg@k / pass@k."""
-    temperature: float = 0.0
+    temperature: float = ranged(0.0, ">= 0 (0: greedy)", lambda v: v >= 0)
     """Eval sampling temperature (0: greedy)."""
-    top_p: float = 1.0
+    top_p: float = ranged(1.0, "in (0, 1]", lambda v: 0 < v <= 1)
     """Eval nucleus mass."""
     top_k: int = -1
     """Eval top-k; -1 disables."""
-    max_new_tokens: int = 48
+    max_new_tokens: int = ranged(48, ">= 1", lambda v: v >= 1)
     """Eval response length."""
-    preset: str = "none"
+    preset: str = choice("none", ("none", "qwen3", "tml"))
     """none | qwen3 (T 0.6, top-p 0.95, top-k 20, 64 samples) | tml (32 samples)."""
     benchmarks: List[str] = field(default_factory=list)
     """Extra benchmarks at every eval, on the student servers: aime24 | aime25 | math500 |
@@ -275,9 +303,9 @@ class EvalConfig:
 
 @dataclass
 class CheckpointConfig:
-    interval: int = 10
+    interval: int = ranged(10, ">= 0 (0: only at the end)", lambda v: v >= 0)
     """Steps between checkpoints; 0: only at the end."""
-    keep: int = 2
+    keep: int = ranged(2, ">= 1", lambda v: v >= 1)
     """Checkpoints kept on disk (oldest removed first)."""
     resume: bool = True
     """Resume from the latest checkpoint in the run directory."""
@@ -297,17 +325,17 @@ class ReportConfig:
 class ClusterConfig:
     profile: str = "local-cpu"
     """Cluster profile name in configs/clusters/ (where it runs, never what is trained)."""
-    num_nodes: int = 1
+    num_nodes: int = ranged(1, ">= 1", lambda v: v >= 1)
     """Nodes in the allocation."""
-    gpus_per_node: int = 0
+    gpus_per_node: int = ranged(0, ">= 0", lambda v: v >= 0)
     """Accelerators per node (0: CPU)."""
-    learner_nodes: int = 1
+    learner_nodes: int = ranged(1, ">= 1", lambda v: v >= 1)
     """Nodes of the Megatron learner."""
-    student_nodes: int = 0
+    student_nodes: int = ranged(0, ">= 0", lambda v: v >= 0)
     """Nodes dedicated to student servers (0: share the learner's)."""
-    teacher_nodes: int = 0
+    teacher_nodes: int = ranged(0, ">= 0", lambda v: v >= 0)
     """Nodes dedicated to teacher servers (0: share the learner's)."""
-    signal_s: int = 120
+    signal_s: int = ranged(120, ">= 0", lambda v: v >= 0)
     """Seconds before the time limit at which Slurm signals a checkpoint + requeue."""
 
 
@@ -316,20 +344,20 @@ class ContinualConfig:
     """``opd continual``: rounds of mid-training on new documents, each followed by OPD from an
     earlier checkpoint of the run to bring the assistant behaviour back."""
 
-    rounds: int = 1
+    rounds: int = ranged(1, ">= 1", lambda v: v >= 1)
     """Rounds of (mid-train, OPD); round r trains on fact set data.facts_seed + r."""
-    midtrain_steps: int = 100
+    midtrain_steps: int = ranged(100, ">= 1", lambda v: v >= 1)
     """SFT steps on the round's documents (data.source=midtrain, mixed per data.chat_ratio)."""
-    midtrain_lr: float = 1.0e-3
+    midtrain_lr: float = ranged(1.0e-3, "> 0", lambda v: v > 0)
     """Learning rate of the mid-training phase (the OPD phase uses optim.lr)."""
-    opd_steps: int = 50
+    opd_steps: int = ranged(50, ">= 1", lambda v: v >= 1)
     """On-policy distillation steps on instruct prompts after each mid-training."""
-    teacher: str = "round_start"
+    teacher: str = choice("round_start", ("round_start", "base"))
     """The OPD teacher: round_start (the checkpoint the round began from) | base (the run's
     first model, every round)."""
-    eval_facts: int = 200
+    eval_facts: int = ranged(200, ">= 1", lambda v: v >= 1)
     """Facts of each round asked back after every phase (knowledge recall)."""
-    eval_instructions: int = 200
+    eval_instructions: int = ranged(200, ">= 1", lambda v: v >= 1)
     """Held-out instruct prompts after every phase (instruction following + accuracy)."""
 
 
@@ -352,24 +380,22 @@ class Config:
     continual: ContinualConfig = field(default_factory=ContinualConfig)
 
 
-CHOICES = {
-    "run.on_nonfinite": ("skip", "stop"),
-    "student.dtype": ("float32", "bfloat16", "float16"),
-    "teacher.dtype": ("float32", "bfloat16", "float16"),
-    "data.source": ("arithmetic", "instruct", "midtrain", "jsonl", "hf"),
-    "continual.teacher": ("round_start", "base"),
-    "data.chat_template": ("none", "tokenizer"),
-    "data.sft_targets": ("teacher", "reference"),
-    "objective.method": ("opd", "sft", "rl", "opd+reward"),
-    "objective.kl_estimator": ("sampled_token", "full_vocab"),
-    "objective.divergence": ("reverse_kl", "forward_kl", "jsd"),
-    "objective.is_correction": ("plain", "truncated", "ppo_clip"),
-    "objective.loss_norm": ("token_mean", "seq_mean"),
-    "objective.teacher_backend": ("sglang", "megatron"),
-    "optim.schedule": ("constant", "cosine"),
-    "engines.student.dtype": ("float32", "bfloat16", "float16"),
-    "engines.teacher.dtype": ("float32", "bfloat16", "float16"),
-    "engines.weight_sync": ("tensor", "disk", "distributed"),
-    "engines.device": ("auto", "cpu", "cuda"),
-    "eval.preset": ("none", "qwen3", "tml"),
-}
+def leaf_fields(cls: type = Config, prefix: str = "") -> Iterator[Tuple[str, Field]]:
+    """Every setting as (dotted key, field), in declaration order; a section used under
+    several keys is walked under each."""
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        hint = hints[f.name]
+        if isinstance(hint, type) and is_dataclass(hint):
+            yield from leaf_fields(hint, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f
+
+
+CHOICES: Dict[str, Tuple[str, ...]] = {
+    key: f.metadata[CHOICE] for key, f in leaf_fields() if CHOICE in f.metadata}
+"""Allowed values by dotted key, from the ``choice`` fields."""
+
+RANGES: List[Tuple[str, str, Callable[[Any], bool]]] = [
+    (key, *f.metadata[RANGE]) for key, f in leaf_fields() if RANGE in f.metadata]
+"""(dotted key, what is allowed, predicate) of the ``ranged`` fields, in declaration order."""

@@ -5,12 +5,15 @@ server dies mid-request" has one answer: connection errors, timeouts and 5xx ans
 retried (``max_retries`` times, exponential backoff, trying the next server URL each time when
 there are several); a 4xx answer is a bad request and is raised at once; when the retries run
 out, :class:`EngineUnavailable` names the server(s) and the last error. Nothing waits forever:
-every attempt is bounded by ``request_timeout_s``.
+every attempt is bounded by ``request_timeout_s``. :func:`health_ok` is the one ``GET /health``
+probe (blocking, no retries) of launched servers and of servers given by ``engines.<role>.urls``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -115,3 +118,12 @@ async def get_json(session: aiohttp.ClientSession, url: str, path: str, *, timeo
     except _RETRYABLE as exc:
         raise EngineUnavailable(f"SGLang server {url} did not answer GET {path}: "
                                 f"{_describe(exc)}") from exc
+
+
+def health_ok(url: str, timeout_s: float) -> bool:
+    """True when ``GET {url}/health`` answers 200 within ``timeout_s``; any error is False."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout_s) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False

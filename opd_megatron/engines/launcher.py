@@ -21,14 +21,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from opd_megatron.config.layout import role_ports, role_seed, server_ports
 from opd_megatron.config.schema import EngineRoleConfig, EnginesConfig, ModelConfig
-from opd_megatron.engines.http import EngineUnavailable
+from opd_megatron.engines.http import EngineUnavailable, health_ok
 from opd_megatron.errors import ConfigError
 
 
@@ -95,7 +94,7 @@ class EngineGroup:
         Returns their URLs. A group given by ``urls`` has no processes: nothing to restart."""
         restarted = []
         for i, proc in enumerate(self.processes):
-            if proc.alive() and not (check_health and not _health_ok(proc.url, timeout_s=10.0)):
+            if proc.alive() and not (check_health and not health_ok(proc.url, timeout_s=10.0)):
                 continue
             proc.stop(grace_s=5.0)
             _wait_port_free(proc.url, timeout_s=30.0)
@@ -224,14 +223,6 @@ def _wait_port_free(url: str, timeout_s: float) -> None:
             time.sleep(0.5)
 
 
-def _health_ok(url: str, timeout_s: float) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=timeout_s) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
 def wait_healthy(proc: ServerProcess, *, timeout_s: float, poll_s: float = 1.0) -> None:
     """Block until ``GET /health`` answers 200; fail fast if the process exits."""
     deadline = time.monotonic() + timeout_s
@@ -241,7 +232,7 @@ def wait_healthy(proc: ServerProcess, *, timeout_s: float, poll_s: float = 1.0) 
             raise EngineUnavailable(f"{proc.name} ({proc.url}, pid {proc.pid}) exited with code "
                                     f"{proc.process.returncode} during startup; log "
                                     f"{proc.log_path}:\n{tail}")
-        if _health_ok(proc.url, timeout_s=2.0):
+        if health_ok(proc.url, timeout_s=2.0):
             return
         time.sleep(poll_s)
     proc.stop()
@@ -283,7 +274,8 @@ def launch_role(name: str, model: ModelConfig, role: EngineRoleConfig, engines: 
     else:
         check_gpu_stack()
     api_key = os.environ.get(engines.api_key_env) if engines.api_key_env else None
-    ports = list(range(first_port, first_port + role.num_servers + int(use_router)))
+    servers, router_port = role_ports(first_port, role.num_servers, use_router)
+    ports = servers + ([router_port] if router_port is not None else [])  # the router last
     for port in ports:
         check_port_free(engines.host, port)
     group = EngineGroup(role=name, server_urls=[], url="")
@@ -322,15 +314,15 @@ def launch_engines(student: ModelConfig, teacher: Optional[ModelConfig], engines
     if teacher is not None:
         validate_role("teacher", teacher, engines.teacher)
     groups: Dict[str, EngineGroup] = {}
-    num_student_ports = engines.student.num_servers + 1  # +1 keeps room for the router
+    ports = server_ports(engines)  # opd_megatron.config.layout: the Slurm placement's too
     try:
         groups["student"] = launch_role("student", student, engines.student, engines, log_dir,
-                                        first_port=engines.base_port, seed=seed,
+                                        first_port=ports.student[0], seed=role_seed(seed, "student"),
                                         use_router=engines.router)
         if teacher is not None:
             groups["teacher"] = launch_role("teacher", teacher, engines.teacher, engines,
-                                            log_dir, first_port=engines.base_port
-                                            + num_student_ports, seed=seed + 1000)
+                                            log_dir, first_port=ports.teacher[0],
+                                            seed=role_seed(seed, "teacher"))
     except BaseException:
         for group in groups.values():
             group.stop()

@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from opd_megatron.errors import ConfigError
 from opd_megatron.evaluation.benchmarks import Benchmark
-from opd_megatron.evaluation.metrics import avg_at_k, mean_pass_at_k
+from opd_megatron.evaluation.pass_at_k import avg_at_k, mean_pass_at_k
 
 
 @dataclass(frozen=True)
@@ -139,3 +139,20 @@ def evaluate_benchmarks(eval_cfg, generate_fn: GenerateFn, *, seed: int = 0,
         out[f"{name}_avg_at_k"] = result.avg_at_k
         out.update({f"{name}_pass_at_{k}": v for k, v in result.pass_at_k.items()})
     return out
+
+
+def client_generate_fn(client, tokenizer, chat_template: str) -> GenerateFn:
+    """A generate_fn over an EngineClient (``opd eval`` and the loop's eval.benchmarks)."""
+    from opd_megatron.data import encode_prompt
+
+    def generate(prompts: List[str], n: int, s: SamplingParams) -> List[List[str]]:
+        ids = [encode_prompt(tokenizer, p, chat_template) for p in prompts]
+        rollouts = client.generate(ids, samples_per_prompt=n, max_new_tokens=s.max_new_tokens,
+                                   temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                   seed=s.seed)
+        out: List[List[str]] = [[] for _ in prompts]
+        for ro in rollouts:
+            out[ro.group_id].append(tokenizer.decode(ro.response_ids, skip_special_tokens=True))
+        return out
+
+    return generate

@@ -15,24 +15,20 @@ it was written with (tp/pp/dp, dtype); to change layout, export HF and start fro
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import torch
 import torch.distributed as dist
 
+from opd_megatron import faults
 from opd_megatron.errors import ConfigError
 from opd_megatron.learner.hf_io import commit_dir, temp_sibling
 from opd_megatron.learner.weights import local_state
 
 FORMAT = "opd-megatron-learner-checkpoint-v1"
 META = "meta.json"
-FAULT_KILL_ENV = "OPD_FAULT_KILL_IN_CHECKPOINT"
-"""Fault injection for tests: ``N`` SIGKILLs the process in the middle of writing the step-N
-checkpoint (its rank file written, nothing committed)."""
 
 
 def _rank_file(root: Path, rank: int) -> Path:
@@ -112,8 +108,7 @@ def save(ckpt_dir, *, model, optimizer, step: int, extra: dict, layout: dict) ->
         path = _rank_file(tmp, dist.get_rank())
         with open(path, "wb") as f:  # closed on failure too: a full disk gets its space back
             torch.save(_rank_payload(model, optimizer, step, extra), f)
-        if os.environ.get(FAULT_KILL_ENV) == str(step):
-            os.kill(os.getpid(), signal.SIGKILL)
+        faults.in_checkpoint(step)
         dist.barrier()
         if dist.get_rank() == 0:
             meta = {"format": FORMAT, "step": int(step), "world_size": dist.get_world_size(),

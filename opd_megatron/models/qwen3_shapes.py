@@ -8,7 +8,7 @@ all use GQA with 8 KV heads, head_dim 128, QK-norm, rope theta 1e6, vocab 151,93
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 QWEN3_COMMON: Dict[str, Any] = dict(
     vocab_size=151936, head_dim=128, num_key_value_heads=8, rope_theta=1_000_000.0,
@@ -32,10 +32,3 @@ QWEN3_SHAPES: Dict[str, Dict[str, Any]] = {
 
 ALIASES: Dict[str, str] = {f"{name}-base": name for name in QWEN3_SHAPES if name != "qwen3-32b"}
 """Base checkpoints (no Qwen3-32B-Base was published) -> the shape they share."""
-
-
-def shape_config(name: str) -> Optional[Dict[str, Any]]:
-    """The HF config fields of a named shape (aliases resolved), or None."""
-    key = name.strip().lower()
-    return QWEN3_SHAPES.get(ALIASES.get(key, key))
-

@@ -63,6 +63,11 @@ class ModelShape:
         """N of the FLOPs formula: matmul weights of the blocks + the lm_head (no input lookup)."""
         return self.num_layers * self.layer_matmul_params + self.embedding_params
 
+    @property
+    def kv_values_per_token(self) -> int:
+        """Values one token puts in the KV cache: a key and a value per layer and KV head."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim
+
 
 def decoder_shape_fields(hf: Dict[str, Any], source: str = "config.json") -> Dict[str, Any]:
     """The fields that fix a dense decoder's shape, normalised from an HF config dict: what the

@@ -17,22 +17,21 @@ def tokens_per_step(cfg: Config) -> Dict[str, int]:
 
 
 def flops_per_step(cfg: Config, hf: Dict[str, Optional[dict]]) -> Dict[str, float]:
-    from opd_megatron.plan.flops import FlopsCounter, resolve_shape, shape_from_hf_config
+    """Upper-bound FLOPs of one step by role; ``hf``: the models' parsed config.json (preflight's),
+    None where a model is not built yet. {} when the student's shape is unknown."""
+    from opd_megatron.plan.flops import FlopsCounter, model_shape
 
-    def shape(role: str):
-        model = getattr(cfg, role)
-        if hf.get(role) is not None:
-            return shape_from_hf_config(hf[role], role)
-        return resolve_shape(model.flops_name) if model.flops_name else None
-
-    student, teacher = shape("student"), shape("teacher")
+    roles = step_roles(cfg)
+    student = model_shape(cfg.student, hf.get("student"), "student")
     if student is None:
         return {}
+    # The teacher's shape only where the step uses the teacher.
+    uses_teacher = roles.sampler == "teacher_sampling" or roles.teacher_scores
+    teacher = model_shape(cfg.teacher, hf.get("teacher"), "teacher") if uses_teacher else None
     counter = FlopsCounter(student, teacher, cfg.lora.rank, cfg.lora.targets)
     r = cfg.rollout
     n = r.prompts_per_step * r.samples_per_prompt
     ctx = r.max_new_tokens / 2
-    roles = step_roles(cfg)
     if roles.sampler is not None and (teacher is not None or roles.sampler == "student_sampling"):
         counter.add(roles.sampler, n * r.max_new_tokens, ctx)
     if roles.teacher_scores and teacher is not None:

@@ -47,12 +47,17 @@ import argparse
 import difflib
 import json
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from opd_megatron.errors import ConfigError
 from opd_megatron.models.qwen3_shapes import ALIASES as QWEN3_ALIASES
 from opd_megatron.models.qwen3_shapes import QWEN3_SHAPES
 from opd_megatron.models.shape import ModelShape, decoder_shape_fields
+
+if TYPE_CHECKING:
+    from opd_megatron.config.schema import ModelConfig
+    from opd_megatron.methods import StepRoles
+    from opd_megatron.types import Rollout
 
 ROLES = ("student_sampling", "teacher_sampling", "teacher_scoring", "learner_train",
          "learner_recompute")
@@ -97,6 +102,23 @@ def resolve_shape(name_or_path: str) -> ModelShape:
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise ConfigError(f"unknown model {name_or_path!r}: {hint}use one of {', '.join(known)} "
                       "or an HF model directory / config.json path")
+
+
+def model_shape(model: "ModelConfig", hf: Optional[dict] = None, name: str = "") -> Optional[ModelShape]:
+    """The shape of a configured model, the one way plans, placement and FLOPs estimates get it:
+    ``hf`` (its config.json, already parsed) when given, else ``model.path``'s config.json when
+    readable, else ``model.flops_name`` (``resolve_shape``). None when there is none of them or
+    the config.json is not valid JSON."""
+    if hf is None and model.path:
+        cfg_file = Path(model.path) / "config.json"
+        if cfg_file.is_file():
+            try:
+                hf = json.loads(cfg_file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return None
+    if hf is not None:
+        return shape_from_hf_config(hf, name)
+    return resolve_shape(model.flops_name) if model.flops_name else None
 
 
 def lora_params(shape: ModelShape, rank: int, targets: Iterable[str]) -> int:
@@ -216,6 +238,29 @@ class FlopsCounter:
     def load_state_dict(self, state: dict) -> None:
         self.flops.update({k: float(v) for k, v in state["flops"].items()})
         self.tokens.update({k: int(v) for k, v in state["tokens"].items()})
+
+
+class StepFlops:
+    """Counts one training step's FLOPs by role from the tokens actually processed, into a
+    FlopsCounter; ``roles`` (opd_megatron.methods.step_roles) says who worked in the step."""
+
+    def __init__(self, counter: FlopsCounter, roles: "StepRoles"):
+        self.counter, self.roles = counter, roles
+
+    def add_step(self, rollouts: Sequence["Rollout"], batch: Any = None) -> None:
+        """Count the step's rollouts (``batch``, the packed train batch, is not needed)."""
+        spans = [(len(r.prompt_ids), len(r.response_ids)) for r in rollouts]
+        if self.roles.sampler is not None:
+            self.counter.add_sequences(self.roles.sampler, spans)
+        if self.roles.teacher_scores:
+            # One prefill of each prompt per group (prefix cache), then every response.
+            firsts = {r.group_id: len(r.prompt_ids) for r in rollouts}
+            self.counter.add_sequences("teacher_scoring", [(0, p) for p in firsts.values()])
+            self.counter.add_sequences("teacher_scoring", spans)
+        self.counter.add_sequences("learner_train", [(0, p + t) for p, t in spans])
+
+    def as_dict(self) -> Dict[str, float]:
+        return self.counter.as_dict()
 
 
 def opd_flops(student: ModelShape, teacher: ModelShape, num_tokens: float,

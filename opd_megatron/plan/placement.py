@@ -12,10 +12,12 @@ Nodes are taken in order: the first ``cluster.teacher_nodes`` for teacher server
 (one torchrun per node, MASTER_ADDR = the first learner node). A role with 0 dedicated nodes
 shares the learner's. Servers are spread round-robin over their role's nodes and, on GPUs,
 take ``tp`` GPUs each; the learner gets the GPUs left on its nodes. Ports are unique per job
-(not per node; laid out like the engines launcher's), so fake nodes sharing one host (launch/local_slurm.sh) never collide.
+(not per node; ``opd_megatron.config.layout``, the engines launcher's layout), so fake nodes
+sharing one host (launch/local_slurm.sh) never collide.
 
-The memory check is an estimate from the parameter count (HF config.json when readable, else
-``QWEN3_SHAPES[model.flops_name]``): server weights per GPU at the server's TP against
+The memory check is an estimate from the parameter count of the model's shape
+(``plan.flops.model_shape``: HF config.json when readable, else the named shape
+``model.flops_name``): server weights per GPU at the server's TP against
 ``mem_fraction`` of the GPU, learner weights + grads + Adam state per GPU at tp*pp (optimizer
 state sharded over dp with the distributed optimizer), activations excluded. CPU profiles
 (gpus_per_node 0) skip GPU and memory checks.
@@ -23,7 +25,6 @@ state sharded over dp with the distributed optimizer), activations excluded. CPU
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -32,14 +33,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from opd_megatron.config.schema import Config, EngineRoleConfig, ModelConfig
+from opd_megatron.config.layout import server_ports
+from opd_megatron.config.schema import Config, EngineRoleConfig
 from opd_megatron.errors import ConfigError
 from opd_megatron.methods import needs_teacher_servers
-from opd_megatron.models.qwen3_shapes import shape_config
+from opd_megatron.plan.flops import model_shape, shape_from_hf_config
 
 GIB = 1024**3
 BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2}
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs" / "clusters"
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "configs" / "clusters"
 """Cluster profiles shipped with the repo; ``OPD_CLUSTER_DIR`` points elsewhere."""
 
 
@@ -130,33 +132,10 @@ class Placement:
         return self.router.url if self.router else ",".join(s.url for s in self.student)
 
 
-def model_shape(model: ModelConfig) -> Optional[Dict[str, Any]]:
-    """HF config fields of a model: its config.json when readable, else its named Qwen3 shape."""
-    cfg_file = Path(model.path) / "config.json" if model.path else None
-    if cfg_file is not None and cfg_file.is_file():
-        try:
-            return json.loads(cfg_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None
-    return shape_config(model.flops_name or "")
-
-
-def num_params(shape: Dict[str, Any]) -> int:
-    """Stored parameters of a dense Qwen3/Llama-style decoder (8.19e9 for Qwen3-8B)."""
-    d, heads = shape["hidden_size"], shape["num_attention_heads"]
-    head_dim = shape.get("head_dim") or d // heads
-    kv = (shape.get("num_key_value_heads") or heads) * head_dim
-    q = heads * head_dim
-    layer = d * q + 2 * d * kv + q * d + 2 * head_dim + 3 * d * shape["intermediate_size"] + 2 * d
-    embed = shape["vocab_size"] * d
-    return shape["num_hidden_layers"] * layer + d + embed * (1 if shape.get("tie_word_embeddings") else 2)
-
-
-def kv_bytes_per_token(shape: Dict[str, Any], dtype: str) -> int:
-    heads = shape["num_attention_heads"]
-    head_dim = shape.get("head_dim") or shape["hidden_size"] // heads
-    kv_heads = shape.get("num_key_value_heads") or heads
-    return 2 * shape["num_hidden_layers"] * kv_heads * head_dim * BYTES_PER_DTYPE[dtype]
+def num_params(hf: Dict[str, Any]) -> int:
+    """Stored parameters of a dense decoder given its HF config fields (8.19e9 for Qwen3-8B):
+    ``ModelShape.total_params``, the count the memory estimate uses."""
+    return shape_from_hf_config(hf).total_params
 
 
 def _check_profile(cfg: Config, profile: ClusterProfile) -> None:
@@ -182,7 +161,7 @@ def _split_nodes(cfg: Config, nodes: Sequence[str]) -> Tuple[List[str], List[str
 
 
 def _place_servers(role: str, role_cfg: EngineRoleConfig, hosts: List[str], free: Dict[str, List[int]],
-                   gpus_per_node: int, first_port: int) -> Tuple[Server, ...]:
+                   gpus_per_node: int, ports: Sequence[int]) -> Tuple[Server, ...]:
     """Round-robin over the role's nodes; on GPUs each server takes tp of the node's free GPUs."""
     if gpus_per_node and role_cfg.tp > gpus_per_node:
         raise ConfigError(f"engines.{role}.tp: {role_cfg.tp} exceeds cluster.gpus_per_node ({gpus_per_node}); "
@@ -197,7 +176,7 @@ def _place_servers(role: str, role_cfg: EngineRoleConfig, hosts: List[str], free
                                   f"do not fit on {len(hosts)} node(s) x {gpus_per_node} GPUs "
                                   f"({', '.join(hosts)}); lower it or add cluster.{role}_nodes")
             gpus, free[node] = tuple(free[node][:role_cfg.tp]), free[node][role_cfg.tp:]
-        servers.append(Server(role, i, node, first_port + i, gpus))
+        servers.append(Server(role, i, node, ports[i], gpus))
     return tuple(servers)
 
 
@@ -225,16 +204,17 @@ def _learner_layout(cfg: Config, learner: List[str], free: Dict[str, List[int]])
 
 def _server_memory(cfg: Config, role: str, profile: ClusterProfile) -> Optional[MemoryEstimate]:
     role_cfg: EngineRoleConfig = getattr(cfg.engines, role)
-    shape = model_shape(getattr(cfg, role))
+    shape = model_shape(getattr(cfg, role), name=role)
     if shape is None:
         return None
-    weights = num_params(shape) * BYTES_PER_DTYPE[role_cfg.dtype] / role_cfg.tp / GIB
+    weights = shape.total_params * BYTES_PER_DTYPE[role_cfg.dtype] / role_cfg.tp / GIB
     budget = role_cfg.mem_fraction * profile.gpu_memory_gib
     if weights >= budget:
         raise ConfigError(f"engines.{role}.tp: {role} weights need ~{weights:.1f} GiB per GPU at tp {role_cfg.tp}, "
                           f"over engines.{role}.mem_fraction x {profile.gpu_memory_gib:g} GiB = {budget:.1f} GiB "
                           f"(profile {profile.name}); raise engines.{role}.tp")
-    kv_tokens = int((budget - weights) * GIB / (kv_bytes_per_token(shape, role_cfg.dtype) / role_cfg.tp))
+    kv_bytes_per_token = shape.kv_values_per_token * BYTES_PER_DTYPE[role_cfg.dtype]
+    kv_tokens = int((budget - weights) * GIB / (kv_bytes_per_token / role_cfg.tp))
     longest = max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens)
     if kv_tokens < longest:
         raise ConfigError(f"engines.{role}.tp: at tp {role_cfg.tp} the {role}'s KV cache has room for ~{kv_tokens} "
@@ -248,18 +228,18 @@ def _server_memory(cfg: Config, role: str, profile: ClusterProfile) -> Optional[
 def _learner_memory(cfg: Config, profile: ClusterProfile) -> Optional[MemoryEstimate]:
     """bf16/fp16: 2 B weights + 4 B fp32 main grads + 12 B fp32 master + Adam moments per param."""
     p = cfg.parallel
-    shape = model_shape(cfg.student)
+    shape = model_shape(cfg.student, name="student")
     if shape is None:
         return None
     weight_bytes = BYTES_PER_DTYPE[cfg.student.dtype]
     master_bytes = 12 if weight_bytes < 4 else 8
     optim_bytes = master_bytes / p.dp if p.distributed_optimizer else master_bytes
     per_param = weight_bytes + 4 + optim_bytes
-    gib = num_params(shape) * per_param / (p.tp * p.pp) / GIB
+    gib = shape.total_params * per_param / (p.tp * p.pp) / GIB
     if cfg.objective.teacher_backend == "megatron":
-        teacher = model_shape(cfg.teacher)
+        teacher = model_shape(cfg.teacher, name="teacher")
         if teacher is not None:
-            gib += num_params(teacher) * BYTES_PER_DTYPE[cfg.teacher.dtype] / (p.tp * p.pp) / GIB
+            gib += teacher.total_params * BYTES_PER_DTYPE[cfg.teacher.dtype] / (p.tp * p.pp) / GIB
     budget = 0.9 * profile.gpu_memory_gib
     if gib >= budget:
         raise ConfigError(f"parallel.tp: the learner needs ~{gib:.1f} GiB per GPU at tp*pp = {p.tp * p.pp} "
@@ -283,16 +263,13 @@ def plan(cfg: Config, nodes: Sequence[str]) -> Placement:
     t_hosts, s_hosts, learner = _split_nodes(cfg, nodes)
     free = {n: list(range(gpus_per_node)) for n in nodes}
     e = cfg.engines
-    # Ports as opd_megatron.engines.launcher lays them out: students (+1 kept for the router),
-    # then teachers, so a job and a plain `opd run` use the same ones.
-    student = _place_servers("student", e.student, s_hosts, free, gpus_per_node, e.base_port)
-    router = None
-    if e.router and len(student) > 1:
-        router = Server("router", 0, s_hosts[0], e.base_port + len(student), ())
-    teacher_port = e.base_port + len(student) + 1
-    teacher = () if not needs_teacher_servers(cfg) else _place_servers("teacher", e.teacher, t_hosts, free,
-                                                                       gpus_per_node, teacher_port)
-    next_port = teacher_port + len(teacher)
+    # The engines launcher's ports (config.layout), so a job and a plain `opd run` use the same ones.
+    with_teacher = needs_teacher_servers(cfg)
+    ports = server_ports(e, teacher_servers=with_teacher)
+    student = _place_servers("student", e.student, s_hosts, free, gpus_per_node, ports.student)
+    router = None if ports.router is None else Server("router", 0, s_hosts[0], ports.router, ())
+    teacher = (_place_servers("teacher", e.teacher, t_hosts, free, gpus_per_node, ports.teacher)
+               if with_teacher else ())
     _check_weight_sync(cfg, student, learner)
     per_node, learner_gpus = _learner_layout(cfg, learner, free)
     memory: List[MemoryEstimate] = []
@@ -303,7 +280,7 @@ def plan(cfg: Config, nodes: Sequence[str]) -> Placement:
         est = _learner_memory(cfg, profile)
         memory += [est] if est else []
     return Placement(tuple(nodes), profile, teacher, student, router, tuple(learner), per_node,
-                     learner_gpus, next_port, tuple(memory))
+                     learner_gpus, ports.next_free, tuple(memory))
 
 
 def format_plan(p: Placement) -> str:

@@ -38,6 +38,7 @@ from opd_megatron.run.rundir import run_dir_of
 from opd_megatron.data import knowledge
 from opd_megatron.data.arithmetic import is_correct
 from opd_megatron.methods import method_of
+from opd_megatron.report.metrics import METRICS_FILE, read_metrics
 
 
 def phases(cfg: Config, root: Path) -> List[Tuple[str, Config]]:
@@ -131,8 +132,7 @@ def evaluate_model(model_dir: str, cfg: Config, rounds_seen: int) -> Dict[str, A
 def benchmark_scores(run_dir: Path, *, first: bool) -> Dict[str, float]:
     """avg@k of the phase's eval.benchmarks (real IFEval, AIME, ... on clusters) at its first
     eval (the model it started from) or its last (the model it produced)."""
-    path = run_dir / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    records, _ = read_metrics(run_dir / METRICS_FILE)
     evals = [r for r in records if "accuracy" in r]
     if not evals:
         return {}
@@ -203,7 +203,7 @@ def run_continual(cfg: Config) -> int:
 def cli_main(argv: Optional[List[str]] = None) -> int:
     import argparse
 
-    from opd_megatron.config import load_and_validate
+    from opd_megatron.run.preflight import load_and_validate
 
     p = argparse.ArgumentParser(prog="opd continual", description=__doc__.split("\n")[0])
     p.add_argument("recipe")

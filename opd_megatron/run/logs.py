@@ -1,8 +1,9 @@
 """Run logs: stage timers, metrics.jsonl + TensorBoard events, and the live progress line.
 
-Each step appends one JSON object to ``metrics.jsonl`` (schema in opd_megatron.report.runs) and the
-same scalars to TensorBoard. The progress display is a rich live bar (step, reverse KL, accuracy,
-tokens/s, ETA) on a terminal unless ``run.quiet``; otherwise one plain line per logged step.
+Each step appends one JSON object to ``metrics.jsonl`` (schema and reader in
+opd_megatron.report.metrics) and the same scalars to TensorBoard. The progress display is a
+rich live bar (step, reverse KL, accuracy, tokens/s, ETA) on a terminal unless ``run.quiet``;
+otherwise one plain line per logged step.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, Optional
+
+from opd_megatron.report.metrics import METRICS_FILE
 
 
 class StageTimer:
@@ -41,7 +44,7 @@ class MetricsWriter:
     """Appends step records to metrics.jsonl and TensorBoard; prints progress."""
 
     def __init__(self, run_dir: Path, num_steps: int, quiet: bool):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         self.num_steps, self.quiet = num_steps, quiet or not sys.stdout.isatty()
         self.t0 = time.perf_counter()
         self._progress = None
@@ -108,12 +111,6 @@ def _flatten(d: Dict, prefix: str = "") -> Dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def read_jsonl(path: Path) -> list:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def optional_float(x: Optional[float]) -> Optional[float]:

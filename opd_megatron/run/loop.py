@@ -1,8 +1,9 @@
-"""The training loop: one function, top to bottom, the same for opd, sft, rl and opd+reward.
+"""The run, top to bottom: resume, first sync, eval, steps, final eval, checkpoint, export.
 
-prompts -> rollouts (student servers; teacher servers for sft) -> teacher scores -> advantages
--> learner step -> weight sync to the student servers -> eval / checkpoint / log.
-Everything it touches is built by opd_megatron.run.runner and passed in as ``Components``.
+One step, the same for opd, sft, rl and opd+reward: prompts -> rollouts (student servers;
+teacher servers for sft) -> teacher scores -> reward -> advantages -> learner step -> weight
+sync -> eval / checkpoint / log. Everything it touches is built by opd_megatron.run.session
+and passed in as ``Components``.
 """
 
 from __future__ import annotations
@@ -12,36 +13,67 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
-from opd_megatron.objective.batching import add_advantages, pack_rollouts, sampled_reverse_kl
 from opd_megatron.config.schema import Config
-from opd_megatron.errors import RuntimeFailure
-from opd_megatron.methods import method_of
+from opd_megatron.errors import EXIT_OK, EXIT_PREEMPTED, RuntimeFailure
+from opd_megatron.methods import full_vocab_kl, method_of
+from opd_megatron.objective.batching import add_advantages, pack_rollouts, sampled_reverse_kl
 from opd_megatron.run.logs import StageTimer
 
 
 @dataclass
 class Components:
     cfg: Config
-    prompts: Any          # PromptSource
+    prompts: Any          # opd_megatron.data.PromptSource
     sample: Callable      # (prompts) -> list[Rollout]: student rollouts, or teacher samples for sft
     score: Optional[Callable]   # (rollouts) -> None: fills teacher logprobs in place
     reward: Callable      # (rollouts) -> None: fills Rollout.reward
     learner: Any          # opd_megatron.learner.Learner
     sync: Callable        # (version) -> None: pushes learner weights to the student servers
     evaluate: Callable    # (step) -> dict of eval metrics
-    checkpoint: Callable  # (step) -> None
-    flops: Any            # opd_megatron.plan.flops.FlopsCounter
-    log: Any              # MetricsWriter
+    teacher_accuracy: Callable  # () -> the teacher's held-out accuracy, or None
+    state: Any            # opd_megatron.run.state.RunState: before/after, checkpoint, resume
+    flops: Any            # opd_megatron.plan.flops.StepFlops
+    log: Any              # opd_megatron.run.logs.MetricsWriter
+    export_dir: Any       # where the final student goes in HF format
+    external_servers: bool = False
     pad_id: int = 0
     preempted: Callable[[], bool] = lambda: False
     num_skipped: int = 0
     timer: StageTimer = field(default_factory=StageTimer)
 
 
+def run(c: Components) -> int:
+    """The whole run; returns its exit code (EXIT_PREEMPTED: checkpointed early, rerun to resume)."""
+    cfg, state = c.cfg, c.state
+    start = state.resume(c)
+    if start > 0 or c.external_servers:  # servers started elsewhere (or before a requeue) may hold other weights
+        c.sync(start)
+    if not state.before:
+        with c.timer.stage("eval"):
+            state.before = c.evaluate(0)
+            teacher = c.teacher_accuracy()
+            if teacher is not None:
+                state.before["teacher_accuracy"] = teacher
+        c.log.write({"step": 0, **state.before})
+    state.step = train(c, start)
+    if c.preempted() and state.step < cfg.run.num_steps:
+        return EXIT_PREEMPTED
+    with c.timer.stage("eval"):
+        state.after = c.evaluate(state.step)
+    with c.timer.stage("checkpoint"):
+        state.checkpoint(c, state.step)
+        if cfg.checkpoint.export_hf:
+            c.learner.export_hf(c.export_dir)
+    c.log.write({"step": state.step, **state.after, "flops": c.flops.as_dict(), "final": True})
+    c.log.close()
+    state.completed = True
+    return EXIT_OK
+
+
 def train(c: Components, start_step: int) -> int:
     """Run steps start_step+1 .. num_steps; returns the last completed step."""
     cfg, step = c.cfg, start_step
-    with_topk = cfg.objective.kl_estimator == "full_vocab"
+    with_topk = full_vocab_kl(cfg.objective)
     on_policy = method_of(cfg.objective).on_policy
     while step < cfg.run.num_steps:
         t0 = time.perf_counter()
@@ -72,7 +104,7 @@ def train(c: Components, start_step: int) -> int:
                 record.update(c.evaluate(step))
         if (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0) or c.preempted():
             with c.timer.stage("checkpoint"):
-                c.checkpoint(step)
+                c.state.checkpoint(c, step)
         record.update(flops=c.flops.as_dict(), stage_seconds=c.timer.pop_step(), num_skipped=c.num_skipped,
                       tokens_per_s=batch.num_tokens / max(time.perf_counter() - t0, 1e-9))
         c.log.write(record, print_line=step % cfg.run.log_interval == 0)

@@ -14,10 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from opd_megatron.config import load_and_validate
 from opd_megatron.config.load import read_recipe_layers
-from opd_megatron.config.schema import ModelConfig
-from opd_megatron.config.validate import RANDOM_PREFIX
+from opd_megatron.config.schema import RANDOM_PREFIX, ModelConfig
+from opd_megatron.run.preflight import load_and_validate
 
 STAMP = ".opd-prepare.json"
 

@@ -45,7 +45,7 @@ class Preemption:
 
 
 def run_prepare_recipe(recipe: str) -> Path:
-    from opd_megatron.config import load_and_validate
+    from opd_megatron.run.preflight import load_and_validate
 
     cfg, _ = load_and_validate(recipe)
     code = run(cfg, recipe=recipe, overrides=[])
@@ -69,7 +69,7 @@ def run(cfg: Config, recipe: str = "", overrides: Optional[List[str]] = None) ->
         if model.path:
             ensure_model(model, role, run_prepare_recipe)
     run_dir = rundir.open_run_dir(cfg, mode)
-    from opd_megatron.report.runs import write_environment
+    from opd_megatron.report import write_environment
 
     write_environment(run_dir)  # git sha, versions, hardware of the machine that runs it
     t0 = time.perf_counter()
@@ -114,7 +114,7 @@ def _finish(cfg: Config, run_dir: Path, session: Any, wall_s: float, error: Opti
         print(summary_table(cfg, summary), flush=True)
     if cfg.report.enabled:
         try:
-            from opd_megatron.report.runs import write_report
+            from opd_megatron.report import write_report
 
             write_report(run_dir, plots=cfg.report.plots)
         except Exception as e:  # the report must never hide the run's own outcome

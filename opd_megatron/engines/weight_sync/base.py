@@ -8,8 +8,6 @@ flushes the servers' prefix cache (cached KV of the old weights would otherwise 
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from typing import Dict, Iterator, List, Mapping, Protocol, Tuple, runtime_checkable
 
@@ -48,16 +46,6 @@ def post_all_checked(client: EngineClient, path: str, payload: dict) -> None:
 
 
 STALE_SESSION = "weight-update session is already open"
-FAULT_KILL_IN_PUSH_ENV = "OPD_FAULT_KILL_IN_PUSH"
-"""Fault injection for tests: ``N`` SIGKILLs the process inside the push of weight version N,
-after its first tensors are loaded and before ``/end_weight_update``."""
-
-
-def injected_kill_in_push(version: int) -> None:
-    if os.environ.get(FAULT_KILL_IN_PUSH_ENV) == str(version):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def begin_weight_update(client: EngineClient) -> None:
     """Open a weight-update session on every server.
 

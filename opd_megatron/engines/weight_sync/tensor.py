@@ -17,9 +17,10 @@ from typing import List, Mapping, Tuple
 import torch
 import torch.multiprocessing
 
+from opd_megatron import faults
 from opd_megatron.engines.client import EngineClient
 from opd_megatron.engines.weight_sync.base import (Timer, begin_weight_update, buckets,
-                                                  injected_kill_in_push, post_all_checked)
+                                                  post_all_checked)
 
 
 def serialize_named_tensors(named: List[Tuple[str, torch.Tensor]]) -> str:
@@ -54,7 +55,7 @@ class TensorSync:
                     "weight_version": str(version) if last else None,
                 }
                 post_all_checked(self.client, "/update_weights_from_tensor", payload)
-                injected_kill_in_push(version)
+                faults.in_push(version)
             post_all_checked(self.client, "/end_weight_update", {})
         return timer.elapsed_s
 

@@ -19,7 +19,8 @@ from typing import List, Optional, Sequence
 
 from opd_megatron.errors import ConfigError
 from opd_megatron.evaluation.benchmarks import BENCHMARKS, load_benchmark
-from opd_megatron.evaluation.suite import PRESETS, GenerateFn, SamplingParams, evaluate, preset
+from opd_megatron.evaluation.suite import (PRESETS, GenerateFn, SamplingParams, client_generate_fn, evaluate,
+                                            preset)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,23 +51,6 @@ def engine_generate_fn(server_url: str, tokenizer, chat_template: str) -> Genera
         raise ConfigError(f"--server-url needs opd_megatron.engines ({err}); install the engines "
                           "requirements (requirements/sglang-cpu.txt)") from None
     return client_generate_fn(EngineClient.from_config([server_url], EnginesConfig()), tokenizer, chat_template)
-
-
-def client_generate_fn(client, tokenizer, chat_template: str) -> GenerateFn:
-    """A generate_fn over an EngineClient (``opd eval`` and the loop's eval.benchmarks)."""
-    from opd_megatron.data import encode_prompt
-
-    def generate(prompts: List[str], n: int, s: SamplingParams) -> List[List[str]]:
-        ids = [encode_prompt(tokenizer, p, chat_template) for p in prompts]
-        rollouts = client.generate(ids, samples_per_prompt=n, max_new_tokens=s.max_new_tokens,
-                                   temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                                   seed=s.seed)
-        out: List[List[str]] = [[] for _ in prompts]
-        for ro in rollouts:
-            out[ro.group_id].append(tokenizer.decode(ro.response_ids, skip_special_tokens=True))
-        return out
-
-    return generate
 
 
 def _tokenizer(path: Optional[str], benchmark: str):

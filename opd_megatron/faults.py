@@ -1,0 +1,86 @@
+"""Fault injection for the reliability tests: every ``OPD_FAULT_*`` knob, read once.
+
+Unset (the normal case) every hook here is a no-op. The tests set them in a subprocess's
+environment:
+
+==============================  ===========================================================
+``OPD_FAULT_NAN_TEACHER_AT=N``  the N-th training scoring call returns NaN teacher logprobs
+``OPD_FAULT_KILL_SERVER=...``   ``student@3,teacher@5``: SIGKILL that role's first launched
+                                server 0.1 s into the named training step's call to it
+``OPD_FAULT_KILL_IN_PUSH=N``    SIGKILL this process inside the push of weight version N,
+                                after its first tensors are loaded, before the push ends
+``OPD_FAULT_KILL_IN_CHECKPOINT=N``  SIGKILL this process while writing the step-N
+                                checkpoint (its rank file written, nothing committed)
+==============================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, Mapping, Optional
+
+
+@dataclass
+class Faults:
+    nan_teacher_at: int = 0
+    kill_server_at: Dict[str, int] = field(default_factory=dict)
+    kill_in_push: Optional[int] = None
+    kill_in_checkpoint: Optional[int] = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Faults":
+        def step(name: str) -> Optional[int]:
+            raw = env.get(name, "")
+            return int(raw) if raw.strip() else None
+
+        kill = env.get("OPD_FAULT_KILL_SERVER", "")
+        return cls(nan_teacher_at=step("OPD_FAULT_NAN_TEACHER_AT") or 0,
+                   kill_server_at={role: int(at) for role, at in
+                                   (item.split("@") for item in kill.split(",") if "@" in item)},
+                   kill_in_push=step("OPD_FAULT_KILL_IN_PUSH"),
+                   kill_in_checkpoint=step("OPD_FAULT_KILL_IN_CHECKPOINT"))
+
+
+FAULTS = Faults.from_env(os.environ)
+"""This process's knobs, read when the package is first imported."""
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def in_push(version: int) -> None:
+    """Hook inside a weight push (engines/weight_sync/base.py)."""
+    if FAULTS.kill_in_push == version:
+        _kill_self()
+
+
+def in_checkpoint(step: int) -> None:
+    """Hook inside a checkpoint write (learner/checkpoint.py)."""
+    if FAULTS.kill_in_checkpoint == step:
+        _kill_self()
+
+
+def nan_teacher(num_scored: int) -> bool:
+    """The training scoring call number ``num_scored`` (1-based) is to be poisoned."""
+    return FAULTS.nan_teacher_at == num_scored
+
+
+@contextmanager
+def server_kill(role: Optional[str], step: int, pid: Optional[int]) -> Iterator[None]:
+    """SIGKILL the process group ``pid`` 0.1 s into the block when ``role``'s kill is due at
+    ``step`` (once per role), so the request in flight fails."""
+    if role is None or pid is None or FAULTS.kill_server_at.get(role) != step:
+        yield
+        return
+    del FAULTS.kill_server_at[role]
+    timer = threading.Timer(0.1, lambda: os.killpg(pid, signal.SIGKILL))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.join()

@@ -1,0 +1,137 @@
+"""The stages of one step, as callables over the run's servers (or the teacher inside Megatron):
+sample (student rollouts, teacher samples or reference solutions), score, reward, sync."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, List
+
+from opd_megatron import faults
+from opd_megatron.config.schema import Config
+from opd_megatron.data import Prompt, PromptSource, encode_prompt
+from opd_megatron.data.arithmetic import is_correct
+from opd_megatron.errors import RuntimeFailure
+from opd_megatron.methods import method_of
+from opd_megatron.objective.batching import pack_rollouts
+from opd_megatron.run.servers import Servers
+from opd_megatron.types import Rollout
+
+MAX_STALENESS = 0
+"""Weight versions a training rollout may lag the last push by (0: the synchronous loop)."""
+
+
+class Stages:
+    def __init__(self, cfg: Config, tokenizer: Any, servers: Servers, prompts: PromptSource,
+                 frozen_teacher: Any = None):
+        self.cfg, self.tokenizer, self.servers, self.prompts = cfg, tokenizer, servers, prompts
+        self.frozen_teacher = frozen_teacher
+        self.num_scored = 0
+        self.pad_id = int(tokenizer.pad_token_id or 0)
+
+    @property
+    def can_score(self) -> bool:
+        """A teacher is there to score: SGLang teacher servers or the frozen Megatron teacher."""
+        return self.servers.teacher is not None or self.frozen_teacher is not None
+
+    def encode(self, prompts: List[Prompt]) -> List[List[int]]:
+        return [encode_prompt(self.tokenizer, p.text, self.cfg.data.chat_template) for p in prompts]
+
+    def sample(self, prompts: List[Prompt], *, client=None, temperature=None, samples=None,
+               max_new_tokens=None, seed_offset: int = 0) -> List[Rollout]:
+        """Responses from ``client`` (default: the student on-policy, the teacher for sft);
+        ``seed_offset`` 0 is a training step, other values are the evaluations."""
+        r, cfg, s = self.cfg.rollout, self.cfg, self.servers
+        if client is None:
+            client = s.student if method_of(cfg.objective).on_policy else s.teacher
+        role = "teacher" if client is s.teacher else "student"
+        call = s.teacher_call if role == "teacher" else s.call
+        step = self.prompts.cursor // r.prompts_per_step
+        with faults.server_kill(role if seed_offset == 0 else None, step, s.first_pid(role)):
+            rollouts = call(lambda: client.generate(
+                self.encode(prompts), samples_per_prompt=samples or r.samples_per_prompt,
+                max_new_tokens=max_new_tokens or r.max_new_tokens,
+                temperature=r.temperature if temperature is None else temperature,
+                top_p=r.top_p, top_k=r.top_k, seed=sampling_seed(cfg.run.seed, self.prompts.cursor, seed_offset)))
+        for ro in rollouts:
+            ro.answer = prompts[ro.group_id].answer
+        if seed_offset == 0 and role == "student":
+            check_weight_versions(rollouts, s.synced_version)
+        return rollouts
+
+    def sample_reference(self, prompts: List[Prompt]) -> List[Rollout]:
+        """sft on the task's reference solutions: the 'samples' are the references + EOS."""
+        eos = self.tokenizer.eos_token_id
+        out = []
+        for i, (p, ids) in enumerate(zip(prompts, self.encode(prompts))):
+            resp = list(self.tokenizer(p.reference, add_special_tokens=False)["input_ids"]) + [eos]
+            out.append(Rollout(prompt_ids=ids, response_ids=resp, sampler_logprobs=[0.0] * len(resp),
+                               finish_reason="stop", group_id=i, answer=p.answer))
+        return out
+
+    def score(self, rollouts: List[Rollout]) -> None:
+        """Training scoring: teacher logprobs (and top-k for kl_estimator=full_vocab) in place."""
+        o = self.cfg.objective
+        top_k = o.teacher_top_k if o.kl_estimator == "full_vocab" else 0
+        with faults.server_kill("teacher", self.prompts.cursor // self.cfg.rollout.prompts_per_step,
+                                self.servers.first_pid("teacher")):
+            self.teacher_score(rollouts, temperature=o.teacher_temperature, top_k=top_k)
+        self.num_scored += 1
+        if faults.nan_teacher(self.num_scored):
+            _poison(rollouts[0])
+
+    def teacher_score(self, rollouts: List[Rollout], *, temperature: float, top_k: int) -> None:
+        """Teacher logprobs of every response token, from the SGLang teacher or the frozen
+        Megatron teacher (both fill the same Rollout fields)."""
+        if self.frozen_teacher is None:
+            teacher = self.servers.teacher
+            self.servers.teacher_call(lambda: teacher.score(rollouts, temperature=temperature, top_k=top_k))
+            return
+        import torch
+
+        batch = pack_rollouts(rollouts, self.pad_id)
+        logp_BSV = torch.log_softmax(self.frozen_teacher.logits(batch) / temperature, dim=-1)
+        for b, r in enumerate(rollouts):
+            P, T = len(r.prompt_ids), len(r.response_ids)
+            rows_TV = logp_BSV[b, P:P + T]
+            ids_T = torch.tensor(r.response_ids, dtype=torch.long)
+            r.teacher_logprobs = rows_TV.gather(-1, ids_T[:, None]).squeeze(-1).tolist()
+            if top_k:
+                vals, idx = rows_TV.topk(min(top_k, rows_TV.shape[-1]), dim=-1)
+                r.teacher_topk_ids, r.teacher_topk_logprobs = idx.tolist(), vals.tolist()
+
+    def reward(self, rollouts: List[Rollout]) -> None:
+        for ro in rollouts:
+            text = self.tokenizer.decode(ro.response_ids, skip_special_tokens=True)
+            ro.reward = 1.0 if ro.answer is not None and is_correct(text, ro.answer) else 0.0
+
+    def sync(self, version: int) -> None:
+        self.servers.push(version)
+
+
+def check_weight_versions(rollouts: List[Rollout], pushed: int, max_staleness: int = MAX_STALENESS) -> None:
+    """Every on-policy rollout was sampled by weights at most ``max_staleness`` versions behind
+    the last push (and never ahead of it); else the weight sync silently failed."""
+    for ro in rollouts:
+        behind = pushed - ro.weight_version
+        if not 0 <= behind <= max_staleness:
+            raise RuntimeFailure(f"a rollout was sampled by weight version {ro.weight_version}, but version "
+                                 f"{pushed} was pushed (at most {max_staleness} behind allowed): the student "
+                                 "servers do not serve the learner's weights; see the server logs")
+
+
+def sampling_seed(run_seed: int, cursor: int, purpose: int) -> int:
+    """Base seed of one batch of requests (request j uses base + j): a 48-bit hash of the run
+    seed, the data cursor and the purpose (training, eval accuracy, eval KL), so batches never
+    share seeds and a resumed run draws exactly what the uninterrupted run drew."""
+    digest = hashlib.sha256(f"{run_seed}:{cursor}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:6], "little")
+
+
+def _poison(rollout: Rollout) -> None:
+    nan = float("nan")
+    rollout.teacher_logprobs = [nan] * len(rollout.teacher_logprobs or [])
+    if rollout.teacher_topk_logprobs:
+        rollout.teacher_topk_logprobs = [[nan] * len(row) for row in rollout.teacher_topk_logprobs]
+
+
+__all__ = ["Stages", "check_weight_versions", "sampling_seed", "MAX_STALENESS"]
