@@ -24,3 +24,16 @@ def tiny_models(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("tiny-models")
     return {"teacher": str(save_random_model(root / "teacher", TEACHER_SHAPE, seed=1)),
             "student": str(save_random_model(root / "student", STUDENT_SHAPE, seed=2))}
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer_dir(tmp_path_factory) -> Path:
+    """The tiny Qwen3-like byte-level BPE tokenizer (opd_megatron.models.tiny_bpe: ChatML,
+    thinking template, eos <|im_end|>), saved once: tokenizer.json, tokenizer_config.json,
+    chat_template.jinja."""
+    from opd_megatron.models.tiny_bpe import build_tokenizer
+    from opd_megatron.run.prepare import bpe_training_text
+
+    out = tmp_path_factory.mktemp("bpe-tokenizer")
+    build_tokenizer(bpe_training_text()).save_pretrained(out)
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -19,10 +18,11 @@ BIG_MODELS = {"Qwen3-8B-Base-SFT": "qwen3-8b", "Qwen3-8B": "qwen3-8b", "Qwen3-32
 
 
 @pytest.fixture()
-def model_dir(tmp_path, tiny_models, monkeypatch):
+def model_dir(tmp_path, bpe_tokenizer_dir, monkeypatch):
     """OPD_MODEL_DIR with config-only stand-ins of the real Qwen3 checkpoints (real config.json
-    shapes; one shared tokenizer; an empty weights file): enough for validation, which reads
-    only configs and file layout."""
+    shapes; one shared Qwen3-like tokenizer, whose eos is <|endoftext|> in the base-derived
+    student as in Qwen3-8B-Base, so the recipes' data.eos_token is what lets them pass; an
+    empty weights file): enough for validation, which reads only configs and file layout."""
     from opd_megatron.plan.flops import NAMED_SHAPES
 
     for dirname, shape_name in BIG_MODELS.items():
@@ -33,7 +33,11 @@ def model_dir(tmp_path, tiny_models, monkeypatch):
             "num_hidden_layers": s.num_layers, "num_attention_heads": s.num_heads,
             "num_key_value_heads": s.num_kv_heads, "head_dim": s.head_dim, "vocab_size": s.vocab_size,
             "tie_word_embeddings": s.tie_word_embeddings}))
-        shutil.copy(Path(tiny_models["student"]) / "tokenizer.json", d / "tokenizer.json")
+        for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            shutil.copy(bpe_tokenizer_dir / f, d / f)
+        if "Base" in dirname:
+            tok_cfg = json.loads((d / "tokenizer_config.json").read_text())
+            (d / "tokenizer_config.json").write_text(json.dumps({**tok_cfg, "eos_token": "<|endoftext|>"}))
         (d / "model-00001-of-00001.safetensors").write_bytes(b"")
     monkeypatch.setenv("OPD_MODEL_DIR", str(tmp_path))
     monkeypatch.chdir(REPO)

@@ -64,7 +64,9 @@ class ModelConfig:
     dtype: str = choice("float32", ("float32", "bfloat16", "float16"))
     """Compute dtype: float32 | bfloat16 | float16. CPU runs use float32."""
     prepare: Optional[str] = None
-    """Recipe that builds this checkpoint when ``path`` does not exist (tiny CPU models)."""
+    """Recipe that builds this checkpoint when ``path`` does not exist (tiny CPU models), or
+    ``tiny-random:<teacher|student>`` (random init, char tokenizer) or
+    ``tiny-random-bpe:<teacher|student>`` (random init, Qwen3-like BPE tokenizer)."""
     flops_name: Optional[str] = None
     """Shape name for FLOPs/plan estimates when the config is not readable (e.g. qwen3-8b)."""
 
@@ -72,28 +74,59 @@ class ModelConfig:
 RANDOM_PREFIX = "tiny-random:"
 """``model.prepare`` of this form builds a randomly initialised tiny model of a named shape."""
 RANDOM_SHAPES = ("teacher", "student")
-"""The shapes ``tiny-random:<shape>`` can name."""
+"""The shapes ``tiny-random:<shape>`` (and ``tiny-random-bpe:<shape>``) can name."""
+RANDOM_BPE_PREFIX = "tiny-random-bpe:"
+"""``model.prepare`` of this form builds a random tiny model of a named shape with the Qwen3-like
+byte-level BPE tokenizer (ChatML, thinking template, padded embedding; opd_megatron.models.tiny_bpe)."""
+RANDOM_PREFIXES = (RANDOM_PREFIX, RANDOM_BPE_PREFIX)
+"""Every ``model.prepare`` prefix that builds a random model instead of running a recipe."""
 
 
 @dataclass
 class DataConfig:
-    source: str = choice("arithmetic", ("arithmetic", "instruct", "midtrain", "jsonl", "hf"))
-    """Prompt source: arithmetic (generated task) | instruct (the generated task with IF-eval
-    style format instructions, opd_megatron.data.knowledge) | midtrain (documents of new
-    facts, mixed with instruct samples at data.chat_ratio) | jsonl (a file) | hf (datasets at
-    run time)."""
+    source: str = choice("arithmetic", ("arithmetic", "instruct", "midtrain", "jsonl", "parquet",
+                                        "disk", "hf"))
+    """The task (opd_megatron.data.tasks): arithmetic (generated task) | instruct (the generated
+    task with IF-eval style format instructions, opd_megatron.data.knowledge) | midtrain
+    (documents of new facts, mixed with instruct samples at data.chat_ratio) | jsonl (a file,
+    one JSON object per line) | parquet (a .parquet file or a directory of them) | disk (a
+    ``datasets.save_to_disk`` directory) | hf (``datasets.load_dataset(data.path)``: a hub id,
+    or a local dataset directory; offline, a local path or a pre-filled cache). Preflight reads
+    and checks the rows of every local dataset; a hub id's rows are checked as the run loads
+    them, before any server starts."""
     path: Optional[str] = None
-    """File or dataset name for jsonl/hf sources."""
+    """The dataset of the jsonl/parquet/disk/hf sources: a local path (every source) or a hub
+    id (hf only)."""
     split: str = "train"
-    """Dataset split to draw training prompts from."""
+    """Split of a disk (DatasetDict) or hf dataset that the rows come from."""
     prompt_key: str = "prompt"
-    """Field holding the prompt text (jsonl/hf)."""
+    """Dataset field holding the prompt text (DeepMath: question)."""
     answer_key: str = "answer"
-    """Field holding the verifiable answer (jsonl/hf)."""
+    """Dataset field holding the verifiable answer, graded by data.grader (DeepMath:
+    final_answer); every row needs one when the run grades (a reward method, or num_heldout > 0)."""
+    reference_key: str = "reference"
+    """Dataset field holding a reference solution, trained on by objective.method=sft with
+    data.sft_targets=reference (DeepMath: r1_solution_1)."""
+    grader: str = choice("auto", ("auto", "arithmetic", "math", "choice"))
+    """What grades an answer (the reward and the in-loop accuracy): auto (arithmetic for the
+    generated tasks, math for datasets) | arithmetic (exact match of the final '#number') |
+    math (math-verify on the final answer, the benchmarks' grader: \\frac{1}{2} = 0.5) |
+    choice (the chosen letter A-D)."""
     chat_template: str = choice("none", ("none", "tokenizer"))
     """none (raw prompt text) | tokenizer (apply the tokenizer's chat template)."""
-    num_heldout: int = ranged(500, ">= 1", lambda v: v >= 1)
-    """Held-out prompts of the generated task, never trained on."""
+    eos_token: Optional[str] = None
+    """The token that ends every response, for student and teacher alike (sampling stops on
+    it, reference solutions end with it); default: the student tokenizer's eos. Set it when
+    the two disagree, e.g. a base student (``<|endoftext|>``) with an instruct teacher
+    (``<|im_end|>``): preflight checks it is one token with the same id in both tokenizers."""
+    num_heldout: int = ranged(500, ">= 0 (0: no in-loop accuracy)", lambda v: v >= 0)
+    """Held-out prompts, never trained on, that the in-loop accuracy (and reverse KL) is
+    measured on. Generated tasks: the task's fixed held-out problems. Datasets: this many
+    distinct prompts, chosen by a hash of the prompt text (independent of run.seed and of the
+    row order; a larger value keeps the smaller one's rows), and every row with one of those
+    prompts is left out of training; it must be below the dataset's distinct prompts (a
+    400-row file is never held out whole: preflight refuses). 0: nothing held out, the run is
+    evaluated on eval.benchmarks only."""
     min_ops: int = ranged(2, ">= 1", lambda v: v >= 1)
     """Generated task: fewest operators per expression."""
     max_ops: int = 4
@@ -283,7 +316,7 @@ class EvalConfig:
     interval: int = ranged(5, ">= 0 (0: only before and after)", lambda v: v >= 0)
     """Steps between evaluations; 0: only before and after."""
     num_prompts: int = ranged(200, ">= 1", lambda v: v >= 1)
-    """Held-out prompts per evaluation."""
+    """Held-out prompts per evaluation (the first of the data.num_heldout; at most that many)."""
     samples_per_prompt: int = ranged(1, ">= 1", lambda v: v >= 1)
     """k for avg@k / pass@k."""
     temperature: float = ranged(0.0, ">= 0 (0: greedy)", lambda v: v >= 0)
@@ -299,6 +332,9 @@ class EvalConfig:
     benchmarks: List[str] = field(default_factory=list)
     """Extra benchmarks at every eval, on the student servers: aime24 | aime25 | math500 |
     gpqa_diamond | ifeval (datasets at run time) | arithmetic (the tiny task)."""
+    benchmark_files: Dict[str, str] = field(default_factory=dict)
+    """Local files of eval.benchmarks by name (``{aime24: data/aime24.jsonl}``): JSON, JSONL or
+    Parquet in the public dataset's schema, read instead of the hub (offline nodes)."""
 
 
 @dataclass

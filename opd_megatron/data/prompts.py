@@ -4,17 +4,16 @@ A ``PromptSource`` yields ``Prompt`` records in a fixed order set by the run see
 ``cursor`` (prompts consumed) is saved in checkpoints so a resumed run continues the same
 stream. The generated sources need no files: ``arithmetic`` (the reasoning task),
 ``instruct`` (the same problems under IF-eval style format instructions) and ``midtrain``
-(documents of new facts mixed with instruct samples; opd_megatron.data.knowledge). ``jsonl``
-reads one JSON object per line with ``data.prompt_key`` / ``data.answer_key``; ``hf`` loads a
-dataset at run time.
+(documents of new facts mixed with instruct samples; opd_megatron.data.knowledge). The
+dataset sources (jsonl, parquet, disk, hf; opd_megatron.data.dataset) stream the training rows
+of their held-out split (opd_megatron.data.tasks), shuffled by the seed and repeated in that
+order when they run out. A run gets its source from its task (``tasks.make_task``).
 """
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List, Optional
 
 from opd_megatron.config.schema import DataConfig
@@ -39,16 +38,18 @@ def heldout_prompts(data: DataConfig, num: int) -> List[Prompt]:
         return [Prompt(i.prompt, i.answer, i.reference) for i in
                 knowledge.heldout_instructions(data.num_heldout, data.min_ops, data.max_ops)[:num]]
     if data.source != "arithmetic":
-        raise ConfigError(f"data.source: held-out evaluation of '{data.source}' goes through "
-                          f"`opd eval`; the in-loop evaluator needs a generated task")
+        raise ConfigError(f"data.source: the held-out rows of '{data.source}' come from its task "
+                          f"(opd_megatron.data.tasks.make_task)")
     probs = arithmetic.heldout_problems(data.num_heldout, data.min_ops, data.max_ops)[:num]
     return [Prompt(p.prompt, p.answer, p.solution) for p in probs]
 
 
 class PromptSource:
-    """Training prompts in seed order; ``take(n)`` advances ``cursor`` by n."""
+    """Training prompts in seed order; ``take(n)`` advances ``cursor`` by n. ``records``: the
+    training rows of a dataset source (its task's, held-out rows removed)."""
 
-    def __init__(self, data: DataConfig, seed: int, cursor: int = 0):
+    def __init__(self, data: DataConfig, seed: int, cursor: int = 0,
+                 records: Optional[List[Prompt]] = None):
         self.data, self.seed = data, seed
         self._records: Optional[List[Prompt]] = None
         if data.source == "midtrain":
@@ -58,7 +59,10 @@ class PromptSource:
             self._heldout = {p.prompt for p in arithmetic.heldout_problems(data.num_heldout, data.min_ops,
                                                                           data.max_ops)}
         elif data.source not in ("arithmetic", "instruct"):
-            self._records = self._load_records(data)
+            if records is None:
+                raise ValueError(f"PromptSource: data.source={data.source} streams its task's training rows; "
+                                 f"build it with opd_megatron.data.tasks.make_task")
+            self._records = list(records)
             random.Random(seed).shuffle(self._records)
         self.seek(cursor)
 
@@ -71,21 +75,6 @@ class PromptSource:
             self._stream = arithmetic.train_problems(self.seed, heldout, d.min_ops, d.max_ops,
                                                      start=cursor)
 
-    @staticmethod
-    def _load_records(data: DataConfig) -> List[Prompt]:
-        if data.source == "jsonl":
-            rows = [json.loads(line) for line in Path(str(data.path)).read_text().splitlines() if line.strip()]
-        else:
-            import datasets  # run time only: clusters have internet
-
-            rows = list(datasets.load_dataset(str(data.path), split=data.split))
-        if not rows:
-            raise ConfigError(f"data.path: {data.path} holds no prompts")
-        if data.prompt_key not in rows[0]:
-            raise ConfigError(f"data.prompt_key: '{data.prompt_key}' not in {data.path} "
-                              f"(fields: {', '.join(rows[0])})")
-        return [Prompt(str(r[data.prompt_key]), None if r.get(data.answer_key) is None
-                       else str(r[data.answer_key])) for r in rows]
 
     def take(self, num: int) -> List[Prompt]:
         first, self.cursor = self.cursor, self.cursor + num
@@ -123,6 +112,7 @@ class PromptSource:
 def encode_prompt(tokenizer, text: str, chat_template: str) -> List[int]:
     """Token ids of a prompt, optionally through the tokenizer's chat template."""
     if chat_template == "tokenizer":
-        return list(tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                  tokenize=True, add_generation_prompt=True))
+        # return_dict=False: transformers 5 returns a BatchEncoding otherwise (list() of it: its keys)
+        return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
+                                                  add_generation_prompt=True, return_dict=False))
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -5,7 +5,8 @@
 - ``client``: ``EngineClient.generate`` -> ``list[Rollout]``; ``EngineClient.score`` fills
   ``Rollout.teacher_logprobs`` (index t scores response token t) and the optional top-k.
 - ``weight_sync``: ``WeightSync.push(hf_state_dict, version)`` by tensor / disk / distributed.
-- ``compat``: ``check_tokenizers_compatible(student, teacher, use_chat_template=...)``.
+- ``compat``: ``check_tokenizers_compatible(student, teacher, use_chat_template=..., eos_token=...)``
+  (one tokenizer for both: vocabulary, special tokens, eos/pad ids, chat template output).
 
 Imports are lazy so that ``import opd_megatron.engines`` stays cheap for the CLI.
 """

@@ -159,8 +159,10 @@ class EngineClient:
     async def agenerate(self, prompt_ids: List[List[int]], *, samples_per_prompt: int = 1,
                         max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                         top_k: int = -1, seed: Optional[int] = None,
-                        ignore_eos: bool = False) -> List[Rollout]:
-        """G samples per prompt, prompt-major (rollout ``i*G + g`` is sample g of prompt i)."""
+                        ignore_eos: bool = False,
+                        stop_token_ids: Optional[List[int]] = None) -> List[Rollout]:
+        """G samples per prompt, prompt-major (rollout ``i*G + g`` is sample g of prompt i);
+        a sample also ends at any of ``stop_token_ids`` (kept as its last token)."""
         if samples_per_prompt < 1 or max_new_tokens < 1:
             raise ConfigError("rollout.samples_per_prompt and rollout.max_new_tokens must be >= 1")
         # With a seed, each sample is its own request with its own seed: SGLang gives the G
@@ -172,6 +174,7 @@ class EngineClient:
         payloads = [req.generate_payload(prompt_ids[i], samples_per_prompt=1 if per_sample else G,
                                          max_new_tokens=max_new_tokens, temperature=temperature,
                                          top_p=top_p, top_k=top_k, ignore_eos=ignore_eos,
+                                         stop_token_ids=stop_token_ids,
                                          seed=None if seed is None else seed + i * G + g)
                     for i, g in jobs]
         answers = await self._post_many("/generate", payloads)

@@ -28,8 +28,13 @@ from opd_megatron.types import Rollout
 
 def generate_payload(prompt_ids: List[int], *, samples_per_prompt: int, max_new_tokens: int,
                      temperature: float, top_p: float, top_k: int,
-                     seed: Optional[int], ignore_eos: bool = False) -> Dict[str, Any]:
+                     seed: Optional[int], ignore_eos: bool = False,
+                     stop_token_ids: Optional[List[int]] = None) -> Dict[str, Any]:
     """One request for all G samples of a prompt (``n=G``).
+
+    ``stop_token_ids`` end a sample besides the model's own eos (SGLang keeps the stop token
+    in ``output_ids``, as it does the eos): the recipe's ``data.eos_token`` when the student's
+    eos is another token.
 
     ``n=G`` makes SGLang prefill the prompt once and fork it G times (measured: every sample
     reports ``cached_tokens = P - 1``); G separate requests prefill it up to G times.
@@ -43,6 +48,8 @@ def generate_payload(prompt_ids: List[int], *, samples_per_prompt: int, max_new_
     }
     if ignore_eos:
         params["ignore_eos"] = True  # fixed-length responses (benchmarks, tests)
+    if stop_token_ids:
+        params["stop_token_ids"] = list(stop_token_ids)
     if seed is not None:
         # Honoured by SGLang with --enable-deterministic-inference (GPU attention backends)
         # and, on CPU, by the sgl_kernel shim's seeded sampling (OPD_SGLANG_SEEDED_SAMPLING=1,

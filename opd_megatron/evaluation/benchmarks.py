@@ -114,6 +114,8 @@ def _load_rows(name: str, data_files: Optional[str]) -> List[dict]:
     import datasets
 
     src = HF_SOURCES[name]
+    bars = not datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # the run's log and one-line errors stay ours
     try:
         if data_files:
             fmt = "parquet" if str(data_files).endswith(".parquet") else "json"
@@ -121,11 +123,16 @@ def _load_rows(name: str, data_files: Optional[str]) -> List[dict]:
         else:
             ds = datasets.load_dataset(src.dataset, src.config, split=src.split)
     except FileNotFoundError as err:
-        raise ConfigError(f"{name}: data file not found ({err}); pass an existing --data-file") from None
+        raise ConfigError(f"{name}: data file not found ({err}); pass an existing --data-file "
+                          f"(eval.benchmark_files.{name} in a run)") from None
     except Exception as err:  # offline, gated, renamed: say how to fix it in one line
         where = data_files or f"{src.dataset} ({src.config or 'default'}, split {src.split})"
         raise ConfigError(f"{name}: cannot load {where}: {type(err).__name__}: {str(err)[:200]}; "
-                          "offline, pass --data-file with a local copy in the same schema") from None
+                          f"offline, pass --data-file (eval.benchmark_files.{name} in a run) with a local "
+                          "copy in the same schema") from None
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
     return [dict(r) for r in ds]
 
 

@@ -127,10 +127,14 @@ def evaluate_benchmarks(eval_cfg, generate_fn: GenerateFn, *, seed: int = 0,
     """The loop's hook for ``eval.benchmarks``: flat metrics for metrics.jsonl.
 
     Returns ``{"<benchmark>_avg_at_k": ..., "<benchmark>_pass_at_<k>": ...}`` for each
-    benchmark of the EvalConfig, sampled with its preset (or its own fields).
+    benchmark of the EvalConfig, sampled with its preset (or its own fields). ``data_files``
+    (default: the EvalConfig's ``benchmark_files``) maps a benchmark to a local file in its
+    public schema, read instead of the hub.
     """
     from opd_megatron.evaluation.benchmarks import load_benchmark
 
+    if data_files is None:
+        data_files = dict(getattr(eval_cfg, "benchmark_files", None) or {})
     sampling = sampling_from_eval_config(eval_cfg, seed=seed)
     out: Dict[str, float] = {}
     for name in eval_cfg.benchmarks:
@@ -141,15 +145,17 @@ def evaluate_benchmarks(eval_cfg, generate_fn: GenerateFn, *, seed: int = 0,
     return out
 
 
-def client_generate_fn(client, tokenizer, chat_template: str) -> GenerateFn:
-    """A generate_fn over an EngineClient (``opd eval`` and the loop's eval.benchmarks)."""
+def client_generate_fn(client, tokenizer, chat_template: str,
+                       stop_token_ids: Optional[List[int]] = None) -> GenerateFn:
+    """A generate_fn over an EngineClient (``opd eval`` and the loop's eval.benchmarks);
+    ``stop_token_ids`` also end a response (the id of ``data.eos_token`` when it is set)."""
     from opd_megatron.data import encode_prompt
 
     def generate(prompts: List[str], n: int, s: SamplingParams) -> List[List[str]]:
         ids = [encode_prompt(tokenizer, p, chat_template) for p in prompts]
         rollouts = client.generate(ids, samples_per_prompt=n, max_new_tokens=s.max_new_tokens,
                                    temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                                   seed=s.seed)
+                                   seed=s.seed, stop_token_ids=stop_token_ids)
         out: List[List[str]] = [[] for _ in prompts]
         for ro in rollouts:
             out[ro.group_id].append(tokenizer.decode(ro.response_ids, skip_special_tokens=True))

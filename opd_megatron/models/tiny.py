@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 # Characters of the arithmetic task; id order is fixed forever (checkpoints depend on it).
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>"]
@@ -57,10 +57,15 @@ def build_tokenizer():
     return fast
 
 
-def qwen3_config(shape: TinyShape, vocab_size: int):
+def qwen3_config(shape: TinyShape, vocab_size: int, *, pad_token_id: Optional[int] = None,
+                 eos_token_id: Optional[int] = None, bos_token_id: Optional[int] = None):
+    """A Qwen3Config of ``shape``; token ids default to the char tokenizer's (pass the ids of
+    another tokenizer, e.g. ``opd_megatron.models.tiny_bpe``, to use it)."""
     from transformers import Qwen3Config
 
     ids = vocab()
+    if pad_token_id is None and eos_token_id is None:
+        pad_token_id, eos_token_id, bos_token_id = ids[PAD], ids[EOS], ids[BOS]
     return Qwen3Config(
         vocab_size=vocab_size,
         hidden_size=shape.hidden_size,
@@ -74,9 +79,9 @@ def qwen3_config(shape: TinyShape, vocab_size: int):
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         tie_word_embeddings=shape.tie_word_embeddings,
         attention_bias=False,
-        pad_token_id=ids[PAD],
-        eos_token_id=ids[EOS],
-        bos_token_id=ids[BOS],
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        bos_token_id=bos_token_id,
         torch_dtype="float32",
     )
 

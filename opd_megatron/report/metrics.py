@@ -23,12 +23,14 @@ METRIC_KEYS: Dict[str, str] = {
     "lr": "float. Learning rate of the step.",
     "num_tokens": "int. Response tokens trained on in the step.",
     "tokens_per_s": "float. Trained tokens per wall second of the step.",
-    "reward_mean": "float. Mean environment reward of the step's rollouts.",
+    "reward_mean": "float, methods with a reward only (rl, opd+reward). Mean environment "
+                   "reward of the step's rollouts.",
     "reverse_kl_sampled": "float. Mean sampled-token log p_student - log p_teacher over the "
                           "step's training batch (nats/token).",
     "reverse_kl": "float, eval records only. Held-out per-token reverse KL of the student to "
                   "the teacher on student T=1 samples (nats/token).",
-    "accuracy": "float in [0, 1], eval records only. Held-out student accuracy (avg@k).",
+    "accuracy": "float in [0, 1], eval records only, absent with data.num_heldout=0. Held-out "
+                "student accuracy (avg@k).",
     "teacher_accuracy": "float in [0, 1], step-0 record. The teacher's held-out accuracy.",
     "flops": "dict, cumulative since the start: FlopsCounter.as_dict(), i.e. one key per role "
              f"({', '.join(ROLES)}) plus teacher, student, total.",

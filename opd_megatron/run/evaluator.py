@@ -1,12 +1,14 @@
-"""In-loop evaluation on the student servers: held-out accuracy, reverse KL to the teacher, and
-``eval.benchmarks``; the teacher's own accuracy once before training."""
+"""In-loop evaluation on the student servers: accuracy on the task's held-out prompts (graded
+by the task), reverse KL to the teacher on them, and ``eval.benchmarks`` (local files from
+``eval.benchmark_files``); the teacher's own accuracy once before training. A task without
+held-out prompts (data.num_heldout=0) is evaluated on eval.benchmarks only."""
 
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
 from opd_megatron.config.schema import Config
-from opd_megatron.data import heldout_prompts
+from opd_megatron.data import Task
 from opd_megatron.run.stages import Stages
 
 EVAL_KL_PROMPTS = 200
@@ -14,12 +16,15 @@ EVAL_KL_PROMPTS = 200
 
 
 class Evaluator:
-    def __init__(self, cfg: Config, stages: Stages, tokenizer: Any):
-        self.cfg, self.stages, self.tokenizer = cfg, stages, tokenizer
+    def __init__(self, cfg: Config, stages: Stages, tokenizer: Any, task: Task):
+        self.cfg, self.stages, self.tokenizer, self.task = cfg, stages, tokenizer, task
 
-    def accuracy(self, client) -> float:
+    def accuracy(self, client) -> Optional[float]:
+        """Held-out accuracy of ``client``'s samples (None: the task holds nothing out)."""
         e = self.cfg.eval
-        prompts = heldout_prompts(self.cfg.data, e.num_prompts)
+        prompts = self.task.heldout(e.num_prompts)
+        if not prompts:
+            return None
         rollouts = self.stages.sample(prompts, client=client, temperature=e.temperature,
                                       samples=e.samples_per_prompt, max_new_tokens=e.max_new_tokens,
                                       seed_offset=-1)
@@ -27,16 +32,16 @@ class Evaluator:
         return sum(ro.reward for ro in rollouts) / len(rollouts)
 
     def teacher_accuracy(self) -> Optional[float]:
-        """The teacher servers' held-out accuracy (None without teacher servers)."""
+        """The teacher servers' held-out accuracy (None without teacher servers or held-out prompts)."""
         teacher = self.stages.servers.teacher
         return self.accuracy(teacher) if teacher is not None else None
 
     def reverse_kl(self) -> Optional[float]:
         """Per-token reverse KL of the student to the teacher on held-out T=1 samples
         (mean of logp_student - logp_teacher over sampled tokens: an unbiased estimate)."""
-        if not self.stages.can_score:
+        prompts = self.task.heldout(min(EVAL_KL_PROMPTS, self.cfg.eval.num_prompts))
+        if not self.stages.can_score or not prompts:
             return None
-        prompts = heldout_prompts(self.cfg.data, min(EVAL_KL_PROMPTS, self.cfg.eval.num_prompts))
         rollouts = self.stages.sample(prompts, client=self.stages.servers.student, temperature=1.0, samples=1,
                                       max_new_tokens=self.cfg.eval.max_new_tokens, seed_offset=-2)
         self.stages.teacher_score(rollouts, temperature=1.0, top_k=0)
@@ -49,10 +54,15 @@ class Evaluator:
         servers = self.stages.servers
         if servers.synced_version != step:
             self.stages.sync(step)
-        out = {"accuracy": self.accuracy(servers.student), "reverse_kl": self.reverse_kl()}
+        out: Dict[str, Any] = {}
+        if self.task.num_heldout:
+            out["accuracy"] = self.accuracy(servers.student)
+        out["reverse_kl"] = self.reverse_kl()
         if self.cfg.eval.benchmarks:
             from opd_megatron.evaluation import client_generate_fn, evaluate_benchmarks
 
-            generate = client_generate_fn(servers.student, self.tokenizer, self.cfg.data.chat_template)
-            out.update(evaluate_benchmarks(self.cfg.eval, generate, seed=self.cfg.run.seed))
+            generate = client_generate_fn(servers.student, self.tokenizer, self.cfg.data.chat_template,
+                                          stop_token_ids=self.stages.stop_token_ids)
+            out.update(evaluate_benchmarks(self.cfg.eval, generate, seed=self.cfg.run.seed,
+                                           data_files=self.cfg.eval.benchmark_files))
         return out

@@ -1,8 +1,8 @@
 """The run, top to bottom: resume, first sync, eval, steps, final eval, checkpoint, export.
 
 One step, the same for opd, sft, rl and opd+reward: prompts -> rollouts (student servers;
-teacher servers for sft) -> teacher scores -> reward -> advantages -> learner step -> weight
-sync -> eval / checkpoint / log. Everything it touches is built by opd_megatron.run.session
+teacher servers for sft) -> teacher scores -> reward (rl, opd+reward) -> advantages -> learner
+step -> weight sync -> eval / checkpoint / log. Everything it touches is built by opd_megatron.run.session
 and passed in as ``Components``.
 """
 
@@ -23,10 +23,10 @@ from opd_megatron.run.logs import StageTimer
 @dataclass
 class Components:
     cfg: Config
-    prompts: Any          # opd_megatron.data.PromptSource
+    prompts: Any          # opd_megatron.data.PromptSource: the task's training prompts
     sample: Callable      # (prompts) -> list[Rollout]: student rollouts, or teacher samples for sft
     score: Optional[Callable]   # (rollouts) -> None: fills teacher logprobs in place
-    reward: Callable      # (rollouts) -> None: fills Rollout.reward
+    reward: Optional[Callable]  # (rollouts) -> None: fills Rollout.reward; None: the method uses none
     learner: Any          # opd_megatron.learner.Learner
     sync: Callable        # (version) -> None: pushes learner weights to the student servers
     evaluate: Callable    # (step) -> dict of eval metrics
@@ -82,7 +82,8 @@ def train(c: Components, start_step: int) -> int:
         if c.score is not None:
             with c.timer.stage("teacher_score"):
                 c.score(rollouts)
-        c.reward(rollouts)
+        if c.reward is not None:
+            c.reward(rollouts)
         batch = add_advantages(pack_rollouts(rollouts, c.pad_id, with_topk=with_topk), rollouts, cfg.objective)
         if not _finite(batch) and _skip_or_stop(c, step, "teacher logprobs or advantages"):
             step += 1
@@ -97,8 +98,9 @@ def train(c: Components, start_step: int) -> int:
             with c.timer.stage("weight_sync"):
                 c.sync(step)
         c.flops.add_step(rollouts, batch)
-        record: Dict[str, Any] = {"step": step, **metrics, "reverse_kl_sampled": sampled_reverse_kl(batch),
-                                  "reward_mean": sum(r.reward or 0.0 for r in rollouts) / len(rollouts)}
+        record: Dict[str, Any] = {"step": step, **metrics, "reverse_kl_sampled": sampled_reverse_kl(batch)}
+        if c.reward is not None:
+            record["reward_mean"] = sum(r.reward or 0.0 for r in rollouts) / len(rollouts)
         if cfg.eval.interval and step % cfg.eval.interval == 0 and step < cfg.run.num_steps:
             with c.timer.stage("eval"):
                 record.update(c.evaluate(step))

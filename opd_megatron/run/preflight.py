@@ -1,11 +1,14 @@
 """Every check that can run before a process, server or GPU starts.
 
 ``preflight(cfg)`` runs the config-only checks (``opd_megatron.config.validate``) first, then
-the ones that read files, ask servers or know the methods and benchmarks: benchmark names,
-method rules, the jsonl prompt file, the ``/health`` of servers given by ``engines.<role>.urls``,
-the models' HF configs (or their ``prepare`` recipes), tp/pp vs attention heads and layers,
-and the student/teacher vocabulary. Each raises ConfigError with the dotted key, what is
-allowed and what was given. ``load_and_validate(recipe, overrides)`` loads and runs it.
+the ones that read files, ask servers or know the methods and benchmarks: benchmark names and
+``eval.benchmark_files``, method rules, the dataset's path, the ``/health`` of servers given by
+``engines.<role>.urls``, the models' HF configs (or their ``prepare`` recipes), tp/pp vs
+attention heads and layers, the student/teacher tokenizers, then the task (``check_task``:
+the dataset's rows, its held-out split, answers for the grader, references for sft, prompt
+lengths vs the student's context) and ``objective.teacher_top_k`` vs the vocabulary. Each
+raises ConfigError with the dotted key (and the file, line or row), what is allowed and what
+was given. ``load_and_validate(recipe, overrides)`` loads and runs it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from opd_megatron.config import Config, load_config, validate
-from opd_megatron.config.schema import RANDOM_PREFIX, RANDOM_SHAPES, ModelConfig
+from opd_megatron.config.schema import RANDOM_PREFIXES, RANDOM_SHAPES, ModelConfig
+from opd_megatron.engines.compat import check_eos_token, check_tokenizers_compatible
 from opd_megatron.engines.http import health_ok
 from opd_megatron.errors import ConfigError
 from opd_megatron.methods import method_of, needs_teacher_model
@@ -32,6 +36,16 @@ def check_benchmarks(cfg: Config) -> None:
     for name in cfg.eval.benchmarks:
         if name not in BENCHMARKS:
             raise ConfigError(f"eval.benchmarks: '{name}' is not a benchmark; choose from: {', '.join(BENCHMARKS)}")
+    for name, path in cfg.eval.benchmark_files.items():
+        key = f"eval.benchmark_files.{name}"
+        if name not in BENCHMARKS or name == "arithmetic":
+            files = [b for b in BENCHMARKS if b != "arithmetic"]
+            raise ConfigError(f"{key}: '{name}' is not a benchmark read from a file; choose from: {', '.join(files)}")
+        if name not in cfg.eval.benchmarks:
+            raise ConfigError(f"{key}: '{name}' is not in eval.benchmarks ({cfg.eval.benchmarks}); add it "
+                              f"there or drop the file")
+        if not Path(str(path)).is_file():
+            raise ConfigError(f"{key}: benchmark file not found: {path!r}")
 
 
 def check_method(cfg: Config) -> None:
@@ -45,8 +59,79 @@ def check_method(cfg: Config) -> None:
 
 
 def check_data_file(cfg: Config) -> None:
-    if cfg.data.source in ("jsonl",) and not (cfg.data.path and Path(cfg.data.path).is_file()):
-        raise ConfigError(f"data.path: prompt file not found: {cfg.data.path!r} (needed by data.source=jsonl)")
+    """A dataset source has data.path, and a local one exists (its rows: ``check_task``)."""
+    from opd_megatron.data.dataset import DATASET_SOURCES, check_path
+
+    if cfg.data.source in DATASET_SOURCES:
+        check_path(cfg.data)
+
+
+def check_task(cfg: Config, student_hf: Optional[dict]) -> None:
+    """The run's task builds (opd_megatron.data.tasks.task_of): a dataset's rows read and
+    checked (valid JSON, prompt and answer fields, answers the grader reads, references for
+    sft on them, data.num_heldout below its distinct prompts), and every prompt fits the
+    student's context with room for the response. A hub id (data.source=hf, not a local path)
+    is not downloaded here: the run checks its rows when it loads them."""
+    from opd_megatron.data.dataset import DATASET_SOURCES, is_local
+    from opd_megatron.data.tasks import DatasetTask, task_of
+
+    if cfg.data.source in DATASET_SOURCES and not is_local(cfg.data):
+        return
+    task = task_of(cfg)
+    if not isinstance(task, DatasetTask) or student_hf is None \
+            or not isinstance(student_hf.get("max_position_embeddings"), int):
+        return
+    context = student_hf["max_position_embeddings"]
+    tokenizer = _student_tokenizer(cfg)
+    for key, value, part in (("rollout.max_new_tokens", cfg.rollout.max_new_tokens, task.train_rows),
+                             ("eval.max_new_tokens", cfg.eval.max_new_tokens, task.heldout_rows)):
+        check_prompt_lengths(part, tokenizer, cfg.data.chat_template, context - value,
+                             f"the student's context ({context}, max_position_embeddings) minus {key} ({value})")
+
+
+PROMPT_BYTES_SLACK = 8
+"""Tokens a prompt may take beyond its UTF-8 bytes (and the template's own tokens) before it
+is tokenized to be measured: byte-level BPE, char and sentencepiece tokenizers give at most
+about one token per byte, so only prompts near the limit are tokenized."""
+
+
+def check_prompt_lengths(rows: Sequence[Any], tokenizer: Any, chat_template: str, limit: int, why: str) -> None:
+    """Every row's prompt (through the chat template) is at most ``limit`` tokens."""
+    from opd_megatron.data import encode_prompt
+
+    if not rows:
+        return
+    overhead = len(encode_prompt(tokenizer, "", chat_template))
+    for row in rows:
+        text = row.prompt.text
+        if len(text.encode("utf-8")) + overhead + PROMPT_BYTES_SLACK <= limit:
+            continue
+        n = len(encode_prompt(tokenizer, text, chat_template))
+        if n > limit:
+            raise ConfigError(f"data.path: the prompt of {row.where} is {n} tokens, over the {max(limit, 0)} "
+                              f"left by {why}; shorten or drop the row, or lower the max_new_tokens")
+
+
+def _student_tokenizer(cfg: Config) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.student.tokenizer or cfg.student.path)
+    tokenizer.model_max_length = 1 << 62  # measuring long prompts is the point: no length warning
+    return tokenizer
+
+
+def check_teacher_top_k(cfg: Config, student_hf: Optional[dict]) -> None:
+    """``objective.teacher_top_k`` asks for at most the tokenizer's tokens (len(tokenizer):
+    the rows of a padded embedding beyond it are no tokens)."""
+    k = cfg.objective.teacher_top_k
+    if k <= 0 or student_hf is None:
+        return
+    num_tokens = len(_student_tokenizer(cfg))
+    if k > num_tokens:
+        padded = student_hf["vocab_size"]
+        note = f"; vocab_size {padded} counts padded rows, no tokens" if padded > num_tokens else ""
+        raise ConfigError(f"objective.teacher_top_k: {k} exceeds the vocabulary ({num_tokens} tokens in the "
+                          f"student's tokenizer{note}); set it to at most {num_tokens}")
 
 
 def check_urls(cfg: Config) -> None:
@@ -94,12 +179,14 @@ def read_hf_config(model: ModelConfig, role: str) -> Optional[Dict[str, Any]]:
 
 
 def check_prepare(model: ModelConfig, role: str) -> None:
-    """``prepare`` is a recipe file (preflighted too, recursively) or tiny-random:<shape>."""
+    """``prepare`` is a recipe file (preflighted too, recursively), tiny-random:<shape> or
+    tiny-random-bpe:<shape>."""
     spec = str(model.prepare)
-    if spec.startswith(RANDOM_PREFIX):
-        if spec[len(RANDOM_PREFIX):] not in RANDOM_SHAPES:
+    prefix = next((p for p in RANDOM_PREFIXES if spec.startswith(p)), None)
+    if prefix is not None:
+        if spec[len(prefix):] not in RANDOM_SHAPES:
             raise ConfigError(f"{role}.prepare: '{spec}' names no tiny shape; use "
-                              f"{' or '.join(RANDOM_PREFIX + s for s in RANDOM_SHAPES)}")
+                              f"{' or '.join(prefix + s for s in RANDOM_SHAPES)}")
         return
     if not Path(spec).is_file():
         raise ConfigError(f"{role}.prepare: recipe file not found: {spec} (paths are relative to "
@@ -124,32 +211,22 @@ def check_model_parallel(hf: Dict[str, Any], cfg: Config, role: str) -> None:
                               f"({heads}) and KV heads ({kv})")
 
 
-def _tokenizer_vocab(model: ModelConfig) -> Optional[Dict[str, int]]:
-    tok_dir = Path(model.tokenizer or model.path)
-    f = tok_dir / "tokenizer.json"
-    if not f.is_file():
-        return None
-    try:
-        data = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ConfigError(f"{f}: tokenizer.json is not valid JSON") from None
-    vocab = dict(data.get("model", {}).get("vocab", {}) or {})
-    for t in data.get("added_tokens", []) or []:
-        vocab[t["content"]] = t["id"]
-    return vocab
-
-
-def check_vocab_match(cfg: Config, student_hf: Optional[dict], teacher_hf: Optional[dict]) -> None:
-    if student_hf is None or teacher_hf is None:
+def check_tokenizers(cfg: Config, student_hf: Optional[dict], teacher_hf: Optional[dict]) -> None:
+    """Student and teacher share one tokenizer (vocabulary, special tokens, eos/pad ids, and
+    the chat template's output when prompts use it; ``opd_megatron.engines.compat``), their
+    embeddings have one size, and ``data.eos_token`` is a token of both. Skipped for a model
+    that ``prepare`` builds later."""
+    eos_token = cfg.data.eos_token
+    if student_hf is None:
+        return
+    if teacher_hf is None:  # no teacher model, or one that prepare builds later
+        check_eos_token(cfg.student, "student", eos_token)
         return
     if student_hf["vocab_size"] != teacher_hf["vocab_size"]:
         raise ConfigError(f"teacher.path: vocab_size {teacher_hf['vocab_size']} differs from the "
                           f"student's {student_hf['vocab_size']}; OPD needs one shared tokenizer")
-    sv, tv = _tokenizer_vocab(cfg.student), _tokenizer_vocab(cfg.teacher)
-    if sv is not None and tv is not None and sv != tv:
-        diff = sorted(set(sv.items()) ^ set(tv.items()))[:3]
-        raise ConfigError(f"teacher.tokenizer: token ids differ from the student's "
-                          f"(e.g. {diff}); use the same tokenizer for both")
+    check_tokenizers_compatible(cfg.student, cfg.teacher, eos_token=eos_token,
+                                use_chat_template=cfg.data.chat_template == "tokenizer")
 
 
 def preflight(cfg: Config) -> Dict[str, Optional[dict]]:
@@ -167,7 +244,9 @@ def preflight(cfg: Config) -> Dict[str, Optional[dict]]:
         check_model_parallel(student_hf, cfg, "student")
     if teacher_hf is not None and cfg.objective.teacher_backend == "megatron":
         check_model_parallel(teacher_hf, cfg, "teacher")
-    check_vocab_match(cfg, student_hf, teacher_hf)
+    check_tokenizers(cfg, student_hf, teacher_hf)
+    check_teacher_top_k(cfg, student_hf)
+    check_task(cfg, student_hf)
     return {"student": student_hf, "teacher": teacher_hf}
 
 

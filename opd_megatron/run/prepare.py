@@ -1,7 +1,9 @@
 """Build model checkpoints a recipe needs but does not have (the tiny CPU models).
 
-``model.prepare`` is either ``tiny-random:<teacher|student>`` (a randomly initialised tiny
-Qwen3 + the char tokenizer) or a recipe whose run exports its final student in HF format.
+``model.prepare`` is ``tiny-random:<teacher|student>`` (a randomly initialised tiny Qwen3 +
+the char tokenizer), ``tiny-random-bpe:<teacher|student>`` (the same with the Qwen3-like
+byte-level BPE tokenizer learnt from the generated math task, opd_megatron.models.tiny_bpe) or
+a recipe whose run exports its final student in HF format.
 Results are cached at ``model.path`` and keyed by a content hash of the resolved prepare
 recipe, so a changed recipe rebuilds and an unchanged one is reused.
 """
@@ -12,13 +14,34 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, List
 
 from opd_megatron.config.load import read_recipe_layers
-from opd_megatron.config.schema import RANDOM_PREFIX, ModelConfig
+from opd_megatron.config.schema import RANDOM_BPE_PREFIX, RANDOM_PREFIX, RANDOM_PREFIXES, ModelConfig
 from opd_megatron.run.preflight import load_and_validate
 
 STAMP = ".opd-prepare.json"
+BPE_CORPUS_SEED = 20251202
+BPE_CORPUS_ROWS = 3000
+"""The BPE tokenizer is learnt from the questions and solutions of these generated math rows."""
+
+
+def bpe_training_text() -> List[str]:
+    """Text the tiny BPE tokenizer is learnt from: questions and reference solutions of the
+    generated math task (opd_megatron.data.mathgen), in a fixed order."""
+    from opd_megatron.data import mathgen
+
+    return [str(r[k]) for r in mathgen.rows(BPE_CORPUS_SEED, BPE_CORPUS_ROWS)
+            for k in ("question", "r1_solution_1")]
+
+
+def _bpe_recipe_text() -> str:
+    """What the BPE tokenizer is built from besides the corpus rows (a changed template,
+    filler or vocabulary size rebuilds the cached models)."""
+    from opd_megatron.models import tiny_bpe
+
+    return json.dumps([BPE_CORPUS_SEED, BPE_CORPUS_ROWS, tiny_bpe.BPE_VOCAB_SIZE, tiny_bpe.FILLER,
+                       tiny_bpe.CHAT_TEMPLATE, tiny_bpe.MAX_POSITIONS, tiny_bpe.MIN_PADDED_ROWS])
 
 
 def prepare_hash(spec: str) -> str:
@@ -26,7 +49,9 @@ def prepare_hash(spec: str) -> str:
     (and its base), recursively with the recipes of the models it needs. Schema defaults are
     not hashed, so adding a schema field does not invalidate shipped checkpoints."""
     text = spec
-    if not spec.startswith(RANDOM_PREFIX):
+    if spec.startswith(RANDOM_BPE_PREFIX):
+        text += _bpe_recipe_text()
+    elif not spec.startswith(RANDOM_PREFIXES):
         text += json.dumps(read_recipe_layers(spec), sort_keys=True)
         cfg, _ = load_and_validate(spec)
         for role in (cfg.student, cfg.teacher):
@@ -52,15 +77,18 @@ def ensure_model(model: ModelConfig, role: str, run_recipe: Callable[[str], Path
     """
     if is_prepared(model) or not model.prepare:
         return False
-    from opd_megatron.models import tiny
+    from opd_megatron.models import tiny, tiny_bpe
 
     spec, dst = model.prepare, Path(model.path)
     digest = prepare_hash(spec)
+    seed = int(digest[:8], 16) % (2**31)
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    if spec.startswith(RANDOM_PREFIX):
-        shape = {"teacher": tiny.TEACHER_SHAPE, "student": tiny.STUDENT_SHAPE}[spec[len(RANDOM_PREFIX):]]
-        tiny.save_random_model(tmp, shape, seed=int(digest[:8], 16) % (2**31))
+    shapes = {"teacher": tiny.TEACHER_SHAPE, "student": tiny.STUDENT_SHAPE}
+    if spec.startswith(RANDOM_BPE_PREFIX):
+        tiny_bpe.save_random_bpe_model(tmp, shapes[spec[len(RANDOM_BPE_PREFIX):]], seed, bpe_training_text())
+    elif spec.startswith(RANDOM_PREFIX):
+        tiny.save_random_model(tmp, shapes[spec[len(RANDOM_PREFIX):]], seed=seed)
     else:
         print(f"[prepare] {role}: building {dst} with {spec} (cached afterwards)", flush=True)
         shutil.copytree(run_recipe(spec), tmp)

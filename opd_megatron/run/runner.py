@@ -78,7 +78,9 @@ def run(cfg: Config, recipe: str = "", overrides: Optional[List[str]] = None) ->
     try:
         from opd_megatron.run.session import Session
 
-        with ExitStack() as stack, Preemption() as preempt:
+        from opd_megatron.run.console import library_output_to
+
+        with ExitStack() as stack, Preemption() as preempt, library_output_to(run_dir / "logs"):
             session = Session(cfg, run_dir, stack, preempt)
             code = session.execute()
         return code

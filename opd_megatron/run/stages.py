@@ -4,12 +4,11 @@ sample (student rollouts, teacher samples or reference solutions), score, reward
 from __future__ import annotations
 
 import hashlib
-from typing import Any, List
+from typing import Any, Callable, List, Optional
 
 from opd_megatron import faults
 from opd_megatron.config.schema import Config
 from opd_megatron.data import Prompt, PromptSource, encode_prompt
-from opd_megatron.data.arithmetic import is_correct
 from opd_megatron.errors import RuntimeFailure
 from opd_megatron.methods import method_of
 from opd_megatron.objective.batching import pack_rollouts
@@ -22,11 +21,17 @@ MAX_STALENESS = 0
 
 class Stages:
     def __init__(self, cfg: Config, tokenizer: Any, servers: Servers, prompts: PromptSource,
-                 frozen_teacher: Any = None):
+                 frozen_teacher: Any = None, grade: Optional[Callable[[str, Optional[str]], float]] = None):
+        """``prompts``: the task's training prompts; ``grade``: the task's reward
+        (``Task.reward``: response text, answer -> float), for the reward and the eval accuracy."""
         self.cfg, self.tokenizer, self.servers, self.prompts = cfg, tokenizer, servers, prompts
         self.frozen_teacher = frozen_teacher
+        self.grade = grade
         self.num_scored = 0
         self.pad_id = int(tokenizer.pad_token_id or 0)
+        self.eos_id = response_eos_id(tokenizer, cfg.data.eos_token)
+        # data.eos_token set: sampling stops on it too (SGLang also stops on the model's eos)
+        self.stop_token_ids = [self.eos_id] if cfg.data.eos_token else None
 
     @property
     def can_score(self) -> bool:
@@ -51,7 +56,8 @@ class Stages:
                 self.encode(prompts), samples_per_prompt=samples or r.samples_per_prompt,
                 max_new_tokens=max_new_tokens or r.max_new_tokens,
                 temperature=r.temperature if temperature is None else temperature,
-                top_p=r.top_p, top_k=r.top_k, seed=sampling_seed(cfg.run.seed, self.prompts.cursor, seed_offset)))
+                top_p=r.top_p, top_k=r.top_k, seed=sampling_seed(cfg.run.seed, self.prompts.cursor, seed_offset),
+                stop_token_ids=self.stop_token_ids))
         for ro in rollouts:
             ro.answer = prompts[ro.group_id].answer
         if seed_offset == 0 and role == "student":
@@ -59,8 +65,9 @@ class Stages:
         return rollouts
 
     def sample_reference(self, prompts: List[Prompt]) -> List[Rollout]:
-        """sft on the task's reference solutions: the 'samples' are the references + EOS."""
-        eos = self.tokenizer.eos_token_id
+        """sft on the task's reference solutions: the 'samples' are the references + the
+        response end (data.eos_token, default the tokenizer's eos)."""
+        eos = self.eos_id
         out = []
         for i, (p, ids) in enumerate(zip(prompts, self.encode(prompts))):
             resp = list(self.tokenizer(p.reference, add_special_tokens=False)["input_ids"]) + [eos]
@@ -100,12 +107,22 @@ class Stages:
                 r.teacher_topk_ids, r.teacher_topk_logprobs = idx.tolist(), vals.tolist()
 
     def reward(self, rollouts: List[Rollout]) -> None:
+        """Rollout.reward of each response: the task's grade of its text against its answer."""
+        assert self.grade is not None, "Stages built without the task's grade"
         for ro in rollouts:
             text = self.tokenizer.decode(ro.response_ids, skip_special_tokens=True)
-            ro.reward = 1.0 if ro.answer is not None and is_correct(text, ro.answer) else 0.0
+            ro.reward = float(self.grade(text, ro.answer))
 
     def sync(self, version: int) -> None:
         self.servers.push(version)
+
+
+def response_eos_id(tokenizer: Any, eos_token: Optional[str]) -> int:
+    """Id of the token that ends every response: ``data.eos_token`` (checked by preflight to
+    be one token of both tokenizers) or, unset, the tokenizer's eos."""
+    if eos_token is None:
+        return int(tokenizer.eos_token_id)
+    return int(tokenizer.convert_tokens_to_ids(eos_token))
 
 
 def check_weight_versions(rollouts: List[Rollout], pushed: int, max_staleness: int = MAX_STALENESS) -> None:
