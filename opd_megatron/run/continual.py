@@ -163,6 +163,9 @@ def run_continual(cfg: Config) -> int:
     if not method_of(cfg.objective).distills:
         raise ConfigError(f"objective.method: the continual recipe distils with opd or opd+reward, "
                           f"not {cfg.objective.method}")
+    if cfg.data.num_heldout < 1:
+        raise ConfigError("data.num_heldout: the continual recipe measures instruction following on the "
+                          "instruct task's held-out prompts; set it >= 1 (e.g. 500)")
     root = run_dir_of(cfg)
     ensure_model(cfg.student, "student", run_prepare_recipe)
     root.mkdir(parents=True, exist_ok=True)
