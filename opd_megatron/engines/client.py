@@ -61,7 +61,13 @@ class EngineClient:
     """Requests in flight at once, over all URLs."""
     api_key: Optional[str] = None
     full_vocab_size: Optional[int] = None
-    """Vocabulary size; needed only to score at a teacher temperature other than 1."""
+    """The tokenizer's token count (``len(tokenizer)``): needed to score at a teacher
+    temperature other than 1, and to tell real ids from padded rows."""
+    logits_width: Optional[int] = None
+    """Rows of the served model's output layer (its ``config.json`` ``vocab_size``). When it
+    exceeds ``full_vocab_size`` the ids in between are padding (Qwen3: 151,936 rows, 151,669
+    tokens): sampling gives them ``PADDED_LOGIT_BIAS``, and teacher top-k asks for that many
+    more entries and drops them (``requests.parse_score``)."""
     min_shared_prompt_tokens: int = 32
     """Groups whose prompt is at least this long are scored leader first, then the rest (the
     prompt is prefilled once, at the cost of a second round trip); shorter prompts go in one
@@ -75,16 +81,24 @@ class EngineClient:
                               "(engines.<role>.urls or a launched server)")
         self.urls = [u.rstrip("/") for u in self.urls]
 
+    @property
+    def padded_ids(self) -> range:
+        """Output-layer rows that are no token (empty unless both sizes are known)."""
+        if not self.full_vocab_size or not self.logits_width:
+            return range(0)
+        return range(self.full_vocab_size, self.logits_width)
+
     @classmethod
     def from_config(cls, urls: Sequence[str], engines: EnginesConfig, *,
-                    full_vocab_size: Optional[int] = None) -> "EngineClient":
+                    full_vocab_size: Optional[int] = None,
+                    logits_width: Optional[int] = None) -> "EngineClient":
         import os
 
         api_key = os.environ.get(engines.api_key_env) if engines.api_key_env else None
         policy = RetryPolicy(request_timeout_s=engines.request_timeout_s,
                              max_retries=engines.max_retries)
         return cls(list(urls), policy=policy, max_concurrency=engines.max_concurrency,
-                   api_key=api_key, full_vocab_size=full_vocab_size)
+                   api_key=api_key, full_vocab_size=full_vocab_size, logits_width=logits_width)
 
     # -- plumbing -------------------------------------------------------------------------
     def _session(self) -> aiohttp.ClientSession:
@@ -174,7 +188,7 @@ class EngineClient:
         payloads = [req.generate_payload(prompt_ids[i], samples_per_prompt=1 if per_sample else G,
                                          max_new_tokens=max_new_tokens, temperature=temperature,
                                          top_p=top_p, top_k=top_k, ignore_eos=ignore_eos,
-                                         stop_token_ids=stop_token_ids,
+                                         stop_token_ids=stop_token_ids, banned_ids=self.padded_ids,
                                          seed=None if seed is None else seed + i * G + g)
                     for i, g in jobs]
         answers = await self._post_many("/generate", payloads)
@@ -190,14 +204,14 @@ class EngineClient:
     def _top_logprobs_num(self, temperature: float, top_k: int) -> int:
         if temperature <= 0:
             raise ConfigError(f"objective.teacher_temperature must be > 0, got {temperature}")
-        if temperature == 1.0:
-            return top_k
+        if temperature == 1.0:  # padded rows may rank among the top: ask for that many more
+            return top_k + len(self.padded_ids) if top_k > 0 else 0
         if not self.full_vocab_size:
             raise ConfigError(
                 f"objective.teacher_temperature={temperature}: SGLang returns prompt logprobs at "
                 "temperature 1 only, so the client must rescale the full distribution; pass "
                 "full_vocab_size to EngineClient (or use teacher_temperature=1.0)")
-        return self.full_vocab_size
+        return self.full_vocab_size + len(self.padded_ids)
 
     def _scoring_waves(self, rollouts: List[Rollout]) -> tuple:
         """Indices scored first (one leader per long-prompt group + short-prompt groups) and

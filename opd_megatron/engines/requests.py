@@ -20,17 +20,27 @@ Alignment facts of SGLang 0.5.23 (measured, see tests/test_engines_scoring.py):
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from opd_megatron.engines.http import EngineRequestError
 from opd_megatron.types import Rollout
 
 
+PADDED_LOGIT_BIAS = -1.0e9
+"""Added to the logits of output rows that are no token (a padded embedding): finite, as JSON
+needs, and far enough below any real logit that exp() of the difference is exactly 0."""
+
+
 def generate_payload(prompt_ids: List[int], *, samples_per_prompt: int, max_new_tokens: int,
                      temperature: float, top_p: float, top_k: int,
                      seed: Optional[int], ignore_eos: bool = False,
-                     stop_token_ids: Optional[List[int]] = None) -> Dict[str, Any]:
+                     stop_token_ids: Optional[List[int]] = None,
+                     banned_ids: Sequence[int] = ()) -> Dict[str, Any]:
     """One request for all G samples of a prompt (``n=G``).
+
+    ``banned_ids`` (the padded rows of the output layer) get ``PADDED_LOGIT_BIAS``: SGLang
+    adds ``logit_bias`` before sampling and before the sampled tokens' logprobs, so they are
+    never sampled and the returned logprobs are over the real tokens, as the learner's are.
 
     ``stop_token_ids`` end a sample besides the model's own eos (SGLang keeps the stop token
     in ``output_ids``, as it does the eos): the recipe's ``data.eos_token`` when the student's
@@ -50,6 +60,8 @@ def generate_payload(prompt_ids: List[int], *, samples_per_prompt: int, max_new_
         params["ignore_eos"] = True  # fixed-length responses (benchmarks, tests)
     if stop_token_ids:
         params["stop_token_ids"] = list(stop_token_ids)
+    if banned_ids:
+        params["logit_bias"] = {str(i): PADDED_LOGIT_BIAS for i in banned_ids}
     if seed is not None:
         # Honoured by SGLang with --enable-deterministic-inference (GPU attention backends)
         # and, on CPU, by the sgl_kernel shim's seeded sampling (OPD_SGLANG_SEEDED_SAMPLING=1,
@@ -146,6 +158,25 @@ def _rescaled_row(top_row: List[List[Any]], token_id: int, temperature: float,
     return by_id[token_id], [ids[i] for i in order], [scaled[i] for i in order]
 
 
+def real_token_row(row: List[List[Any]], num_tokens: int) -> Tuple[List[List[Any]], float]:
+    """A top-logprob row without the padded ids (>= ``num_tokens``), renormalised over the real
+    tokens: every logprob minus ``shift = log(1 - padded mass seen)``, returned too.
+
+    Exact when every padded id with mass is in the row (the client asks for ``top_k + number
+    of padded rows`` entries, so the row also keeps at least ``top_k`` real ones). Where the
+    padded rows hold so nearly all the mass that ``1 - mass`` is lost to rounding, the shift is
+    the real mass the row shows (a lower bound), so the real entries still sum to at most 1."""
+    real = [float(x[0]) for x in row if int(x[1]) < num_tokens]
+    padded_mass = sum(math.exp(float(x[0])) for x in row if int(x[1]) >= num_tokens)
+    if padded_mass == 0.0:
+        return [list(x) for x in row], 0.0
+    complement = math.log1p(-padded_mass) if padded_mass < 1.0 - 1e-6 else -math.inf
+    top = max(real, default=-math.inf)
+    seen = top + math.log(sum(math.exp(lp - top) for lp in real)) if real else -math.inf
+    shift = max(complement, seen)
+    return [[float(x[0]) - shift, *x[1:]] for x in row if int(x[1]) < num_tokens], shift
+
+
 def _same_scored_ids(got: List[int], expected: List[int]) -> bool:
     """SGLang reports ids >= vocab_size - 1 as 0 in input_token_logprobs (it clips "padded
     image hashes"); the logprob values are still those of the real token (measured). So a
@@ -178,8 +209,12 @@ def parse_score(answer: Dict[str, Any], rollout: Rollout, *, temperature: float,
     if need_rows and len(rows) != len(response_ids):
         raise EngineRequestError(f"SGLang server {url} returned {len(rows)} top-logprob rows "
                                  f"for {len(response_ids)} response tokens")
+    shifts = [0.0] * len(response_ids)
+    if full_vocab_size and rows:  # padded output rows are no tokens: drop, renormalise
+        split = [real_token_row(row, full_vocab_size) for row in rows]
+        rows, shifts = [row for row, _ in split], [shift for _, shift in split]
     if not rescale:
-        rollout.teacher_logprobs = [float(e[0]) for e in entries[1:]]
+        rollout.teacher_logprobs = [float(e[0]) - sh for e, sh in zip(entries[1:], shifts)]
         if top_k > 0:
             rollout.teacher_topk_ids = [[int(x[1]) for x in row[:top_k]] for row in rows]
             rollout.teacher_topk_logprobs = [[float(x[0]) for x in row[:top_k]] for row in rows]

@@ -42,15 +42,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def engine_generate_fn(server_url: str, tokenizer, chat_template: str) -> GenerateFn:
-    """A generate_fn backed by the project's SGLang client."""
+def engine_generate_fn(server_url: str, tokenizer, chat_template: str,
+                       model_dir: Optional[str] = None) -> GenerateFn:
+    """A generate_fn backed by the project's SGLang client; ``model_dir`` (the tokenizer's
+    directory, when it holds the model's config.json) tells the padded output rows, which
+    are then never sampled."""
     try:
         from opd_megatron.config.schema import EnginesConfig
         from opd_megatron.engines import EngineClient
     except ImportError as err:
         raise ConfigError(f"--server-url needs opd_megatron.engines ({err}); install the engines "
                           "requirements (requirements/sglang-cpu.txt)") from None
-    return client_generate_fn(EngineClient.from_config([server_url], EnginesConfig()), tokenizer, chat_template)
+    config = Path(model_dir or "") / "config.json"
+    width = json.loads(config.read_text()).get("vocab_size") if model_dir and config.is_file() else None
+    client = EngineClient.from_config([server_url], EnginesConfig(), full_vocab_size=len(tokenizer),
+                                      logits_width=width)
+    return client_generate_fn(client, tokenizer, chat_template)
 
 
 def _tokenizer(path: Optional[str], benchmark: str):
@@ -87,7 +94,7 @@ def cli_main(argv: Sequence[str], generate_fn: Optional[GenerateFn] = None) -> i
     bench = load_benchmark(args.benchmark, data_files=args.data_file, limit=args.limit, seed=args.seed)
     if generate_fn is None:
         generate_fn = engine_generate_fn(args.server_url, _tokenizer(args.tokenizer, args.benchmark),
-                                         args.chat_template)
+                                         args.chat_template, args.tokenizer)
     result = evaluate(bench, generate_fn, sampling)
     print(format_result(result))
     if args.output:

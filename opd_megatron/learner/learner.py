@@ -71,7 +71,8 @@ class Learner(Scorer):
     @cpu_compat.scoped
     def __init__(self, model: ModelConfig, objective: ObjectiveConfig, optim: OptimConfig,
                  parallel: ParallelConfig, *, num_steps: int, seed: int,
-                 sampling_temperature: float = 1.0, lora: Optional[LoraConfig] = None):
+                 sampling_temperature: float = 1.0, lora: Optional[LoraConfig] = None,
+                 num_tokens: int = 0):
         from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
 
         self.model_cfg, self.objective, self.optim, self.parallel = model, objective, optim, parallel
@@ -80,6 +81,7 @@ class Learner(Scorer):
         self.hf_config = read_hf_config(model.path)
         self.arch = Qwen3Arch.from_hf(self.hf_config, f"{model.path}/config.json")
         self.pad_id = pad_token_id(self.hf_config)
+        self.num_tokens = num_tokens
         self.microbatch_tokens = parallel.microbatch_tokens
         self.dtype = compute_dtype(model)
         self.ranks = init_parallel(parallel, seed)
@@ -120,7 +122,7 @@ class Learner(Scorer):
     # ----- training --------------------------------------------------------------------------
     def _loss_fn(self, mb: TrainBatch, logits: torch.Tensor):
         """Megatron loss_func: (loss summed over norm units, their count, report)."""
-        logits = real_vocab_logits(logits, self.arch.vocab_size, self.ranks)
+        logits = real_vocab_logits(logits, self.token_width, self.ranks)
         count = norm_count(mb.response_mask[:, 1:], self.objective.loss_norm)
         if count == 0:  # all-filler microbatch: no loss, but keep the graph connected
             loss, metrics = logits.sum() * 0.0, {}

@@ -46,13 +46,22 @@ def aligned_logprobs(logits: torch.Tensor, mb: TrainBatch, *, temperature: float
 
 class Scorer:
     """Forward-only passes over a model built by a subclass (``self.model``, ``self.arch``,
-    ``self.ranks``, ``self.microbatch_tokens``, ``self.pad_id``)."""
+    ``self.ranks``, ``self.microbatch_tokens``, ``self.pad_id``, ``self.num_tokens``)."""
 
     model: torch.nn.Module
     arch: Qwen3Arch
     ranks: Ranks
     microbatch_tokens: int
     pad_id: int = 0
+    num_tokens: int = 0
+    """The tokenizer's token count; output rows from it on (a padded embedding, as Qwen3's
+    151,936 rows for 151,669 tokens) are no token and are masked out of every distribution.
+    0 = every row is a token."""
+
+    @property
+    def token_width(self) -> int:
+        """Width of the distributions the scorer returns: the real tokens only."""
+        return min(self.num_tokens or self.arch.vocab_size, self.arch.vocab_size)
 
     def _microbatches(self, batch: TrainBatch) -> List[TrainBatch]:
         return split_microbatches(batch, microbatch_tokens=self.microbatch_tokens,
@@ -63,7 +72,7 @@ class Scorer:
         rows: List[torch.Tensor] = []
 
         def loss_fn(mb, logits):
-            logits = real_vocab_logits(logits, self.arch.vocab_size, self.ranks)
+            logits = real_vocab_logits(logits, self.token_width, self.ranks)
             with torch.no_grad():
                 rows.append(row_fn(logits, mb).detach())
             zero = logits.sum() * 0.0
@@ -94,12 +103,12 @@ class Scorer:
         """[B, S, V] full-vocabulary logits aligned with tokens: out[b, s] is the distribution
         that predicts token_ids[b, s] (raw, before temperature); out[b, 0] = 0."""
         def rows(logits, mb):
-            full = _gather_full_vocab(logits, self.ranks)[..., : self.arch.vocab_size].float()
+            full = _gather_full_vocab(logits, self.ranks)[..., : self.token_width].float()
             return torch.cat([torch.zeros_like(full[:, :1]), full[:, :-1]], dim=1)
 
         local = self._forward_rows(batch, rows)
         num_rows, seq_len = batch.token_ids.shape
         full = gather_rows(local, num_rows=num_rows,
-                           row_shape=(trained_length(batch), self.arch.vocab_size),
+                           row_shape=(trained_length(batch), self.token_width),
                            dtype=torch.float32, ranks=self.ranks)
         return pad_columns(full, seq_len)

@@ -22,10 +22,12 @@ class FrozenTeacher(Scorer):
     TrainBatch fields (entry [b, s] is about token_ids[b, s]); collective, same on every rank."""
 
     @cpu_compat.scoped
-    def __init__(self, model_cfg: ModelConfig, parallel: ParallelConfig, *, seed: int = 0):
+    def __init__(self, model_cfg: ModelConfig, parallel: ParallelConfig, *, seed: int = 0,
+                 num_tokens: int = 0):
         self.hf_config = read_hf_config(model_cfg.path)
         self.arch = Qwen3Arch.from_hf(self.hf_config, f"{model_cfg.path}/config.json")
         self.pad_id = pad_token_id(self.hf_config)
+        self.num_tokens = num_tokens
         self.microbatch_tokens = parallel.microbatch_tokens
         self.ranks = init_parallel(parallel, seed)  # reuses the learner's groups if present
         self.model = build_gpt_model(self.arch, tp=parallel.tp, pp=parallel.pp,

@@ -7,7 +7,7 @@ in opd_megatron.objective; this module only places numbers at the right position
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -54,6 +54,15 @@ def add_advantages(batch: TrainBatch, rollouts: List[Rollout], objective: Object
         rewards_B=torch.tensor([r.reward or 0.0 for r in rollouts], dtype=torch.float32),
         group_ids_B=batch.group_ids)
     return batch
+
+
+def response_lengths(rollouts: Sequence[Rollout]) -> Dict[str, float]:
+    """Mean response length (tokens) and the share of responses cut at ``max_new_tokens``
+    (finish reason "length"): a run whose answers are cut off scores them as wrong."""
+    if not rollouts:
+        return {}
+    return {"response_len_mean": sum(len(r.response_ids) for r in rollouts) / len(rollouts),
+            "truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts)}
 
 
 def sampled_reverse_kl(batch: TrainBatch) -> Optional[float]:

@@ -88,7 +88,8 @@ class MetricsWriter:
         parts = [f"step {step}/{self.num_steps}"]
         for key, fmt in (("reverse_kl", "rev_kl {:.4f}"), ("loss", "loss {:.4f}"),
                          ("accuracy", "acc {:.3f}"), ("tokens_per_s", "{:.0f} tok/s"),
-                         ("grad_norm", "gnorm {:.2f}")):
+                         ("grad_norm", "gnorm {:.2f}"), ("response_len_mean", "len {:.0f}"),
+                         ("truncated_frac", "cut {:.0%}")):
             if r.get(key) is not None:
                 parts.append(fmt.format(r[key]))
         parts.append(f"eta {eta:.0f}s")

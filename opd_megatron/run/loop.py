@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional
 from opd_megatron.config.schema import Config
 from opd_megatron.errors import EXIT_OK, EXIT_PREEMPTED, RuntimeFailure
 from opd_megatron.methods import full_vocab_kl, method_of
-from opd_megatron.objective.batching import add_advantages, pack_rollouts, sampled_reverse_kl
+from opd_megatron.objective.batching import add_advantages, pack_rollouts, response_lengths, sampled_reverse_kl
 from opd_megatron.run.logs import StageTimer
 
 
@@ -98,7 +98,8 @@ def train(c: Components, start_step: int) -> int:
             with c.timer.stage("weight_sync"):
                 c.sync(step)
         c.flops.add_step(rollouts, batch)
-        record: Dict[str, Any] = {"step": step, **metrics, "reverse_kl_sampled": sampled_reverse_kl(batch)}
+        record: Dict[str, Any] = {"step": step, **metrics, "reverse_kl_sampled": sampled_reverse_kl(batch),
+                                  **response_lengths(rollouts)}
         if c.reward is not None:
             record["reward_mean"] = sum(r.reward or 0.0 for r in rollouts) / len(rollouts)
         if cfg.eval.interval and step % cfg.eval.interval == 0 and step < cfg.run.num_steps:

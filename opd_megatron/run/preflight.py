@@ -213,8 +213,8 @@ def check_model_parallel(hf: Dict[str, Any], cfg: Config, role: str) -> None:
 
 def check_tokenizers(cfg: Config, student_hf: Optional[dict], teacher_hf: Optional[dict]) -> None:
     """Student and teacher share one tokenizer (vocabulary, special tokens, eos/pad ids, and
-    the chat template's output when prompts use it; ``opd_megatron.engines.compat``), their
-    embeddings have one size, and ``data.eos_token`` is a token of both. Skipped for a model
+    the chat template's output when prompts use it; ``opd_megatron.engines.compat``) and
+    ``data.eos_token`` is a token of both. Skipped for a model
     that ``prepare`` builds later."""
     eos_token = cfg.data.eos_token
     if student_hf is None:
@@ -222,9 +222,9 @@ def check_tokenizers(cfg: Config, student_hf: Optional[dict], teacher_hf: Option
     if teacher_hf is None:  # no teacher model, or one that prepare builds later
         check_eos_token(cfg.student, "student", eos_token)
         return
-    if student_hf["vocab_size"] != teacher_hf["vocab_size"]:
-        raise ConfigError(f"teacher.path: vocab_size {teacher_hf['vocab_size']} differs from the "
-                          f"student's {student_hf['vocab_size']}; OPD needs one shared tokenizer")
+    # Output layers of other padded widths (Qwen3 151,936 vs Qwen2.5 152,064 rows) are fine
+    # once the tokenizers match: sampling, teacher top-k and the learner's KL use the
+    # tokenizer's real ids only (opd_megatron.engines.client, learner.forward).
     check_tokenizers_compatible(cfg.student, cfg.teacher, eos_token=eos_token,
                                 use_chat_template=cfg.data.chat_template == "tokenizer")
 

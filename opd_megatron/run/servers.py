@@ -8,12 +8,20 @@ every call of it succeeded, so no step is lost or done twice.
 
 from __future__ import annotations
 
+import json
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from opd_megatron.config.schema import Config
+from opd_megatron.config.schema import Config, ModelConfig
 from opd_megatron.methods import needs_teacher_servers
+
+
+def output_rows(model: ModelConfig) -> Optional[int]:
+    """Rows of a model's output layer (``config.json`` ``vocab_size``, padded past the
+    tokenizer in Qwen3), or None for a model whose servers someone else runs."""
+    path = Path(model.path) / "config.json"
+    return int(json.loads(path.read_text())["vocab_size"]) if path.is_file() else None
 
 
 class Servers:
@@ -30,8 +38,10 @@ class Servers:
         for group in groups.values():
             stack.callback(group.stop)
         e = cfg.engines
-        self.student = EngineClient.from_config(groups["student"].request_urls, e, full_vocab_size=vocab_size)
-        self.teacher = (EngineClient.from_config(groups["teacher"].request_urls, e, full_vocab_size=vocab_size)
+        self.student = EngineClient.from_config(groups["student"].request_urls, e, full_vocab_size=vocab_size,
+                                                logits_width=output_rows(cfg.student))
+        self.teacher = (EngineClient.from_config(groups["teacher"].request_urls, e, full_vocab_size=vocab_size,
+                                                 logits_width=output_rows(teacher))
                         if teacher else None)
         self._teacher_servers = (EngineClient.from_config(groups["teacher"].server_urls, e)
                                  if teacher and e.flush_teacher_cache else None)

@@ -71,12 +71,17 @@ def follow(targets: dict) -> None:
 def build_learner_side(cfg: Config) -> Dict[str, Any]:
     """What every learner rank builds, in the same order on all of them (the constructors are
     collective): ``learner`` (the student), and ``teacher`` when it scores inside Megatron."""
+    from transformers import AutoTokenizer
+
     from opd_megatron.learner import FrozenTeacher, Learner
 
+    # The tokenizer's length: output rows past it (a padded embedding) are no token.
+    num_tokens = len(AutoTokenizer.from_pretrained(cfg.student.tokenizer or cfg.student.path))
     built: Dict[str, Any] = {"learner": Learner(cfg.student, cfg.objective, cfg.optim, cfg.parallel,
                                                 num_steps=cfg.run.num_steps, seed=cfg.run.seed,
                                                 sampling_temperature=cfg.rollout.temperature,
-                                                lora=cfg.lora)}
+                                                lora=cfg.lora, num_tokens=num_tokens)}
     if uses_megatron_teacher(cfg):
-        built["teacher"] = FrozenTeacher(cfg.teacher, cfg.parallel, seed=cfg.run.seed)
+        built["teacher"] = FrozenTeacher(cfg.teacher, cfg.parallel, seed=cfg.run.seed,
+                                         num_tokens=num_tokens)
     return built
