@@ -10,6 +10,7 @@ the sbatch script does; each run first pushes its own initial weights to the stu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -77,6 +78,7 @@ def test_opd_on_the_math_dataset_jsonl_and_save_to_disk_alike(math_servers):
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == [1, 2]
     assert all("reward_mean" not in r for r in train)  # pure OPD grades no training rollout
+    assert all(r["response_len_mean"] > 0 and 0.0 <= r["truncated_frac"] <= 1.0 for r in train)
     # Our progress and results on the console, library warnings in the run's log file.
     assert "student accuracy" in text and "Warning" not in text, text[-3000:]
     assert (run_dir / "logs" / "library.log").stat().st_size > 0
@@ -111,3 +113,20 @@ def test_shipped_math_data_is_what_the_generator_makes(tmp_path):
                             exclude=mathgen.rows(mathgen.DATA_SEED, mathgen.NUM_ROWS))
     assert (tmp_path / "aime24.jsonl").read_bytes() == (MATH / "aime24.jsonl").read_bytes()
     assert any("\\frac" in json.loads(line)["final_answer"] for line in (MATH / "train.jsonl").open())
+
+
+def test_shipped_models_are_current():
+    """Every model a recipe prepares under assets/ is stamped with its recipe's current hash, so
+    no run (and no CI) rebuilds it: a changed prepare recipe must ship its rebuilt model."""
+    from opd_megatron.config.load import load_config
+    from opd_megatron.run.prepare import is_prepared
+
+    checked = []
+    for recipe in sorted((REPO / "recipes").rglob("*.yaml")):
+        cfg = load_config(str(recipe), [])
+        for model in (cfg.student, cfg.teacher):
+            if model.prepare and model.path.startswith("assets/"):
+                resolved = dataclasses.replace(model, path=str(REPO / model.path))
+                assert is_prepared(resolved), f"{recipe.name}: {model.path} is stale for {model.prepare}"
+                checked.append(model.path)
+    assert {"assets/tiny-bpe/teacher", "assets/tiny-bpe/student-init"} <= set(checked)
