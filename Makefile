@@ -25,7 +25,7 @@ continual: setup
 	$(PY) -m opd_megatron continual recipes/continual-tiny-cpu.yaml run.quiet=true
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q tests -m "not slow"

@@ -39,3 +39,11 @@ def teacher_server(engine_models, tmp_path_factory):
     group.stop()
 
 
+
+def restore_student(models: Dict[str, Path], student_server) -> None:
+    """The shared student server gets its original weights back (after a run pushed its own)."""
+    from opd_megatron.config.schema import EnginesConfig
+    from opd_megatron.engines import EngineClient
+
+    EngineClient.from_config([student_server.url], EnginesConfig()).post_each(
+        "/update_weights_from_disk", {"model_path": str(models["student"])})

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PYTHON, REPO
+from tests.engines_fixtures import restore_student
 
 pytestmark = pytest.mark.slow
 TIMING_KEYS = {"stage_seconds", "tokens_per_s"}
@@ -46,11 +47,7 @@ def _records(run_dir: Path):
 @pytest.fixture(scope="module")
 def loop_env(engine_models, student_server, teacher_server, tmp_path_factory):
     yield engine_models, student_server, teacher_server, tmp_path_factory.mktemp("loop")
-    from opd_megatron.config.schema import EnginesConfig
-    from opd_megatron.engines import EngineClient
-
-    client = EngineClient.from_config([student_server.url], EnginesConfig())
-    client.post_each("/update_weights_from_disk", {"model_path": str(engine_models["student"])})
+    restore_student(engine_models, student_server)
 
 
 @pytest.mark.parametrize("name,recipe,extra", [

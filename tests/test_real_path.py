@@ -49,7 +49,7 @@ def _run(math_servers, recipe: str, name: str, *overrides: str):
             "student.prepare=null", "teacher.prepare=null", f"data.path={MATH / 'train.jsonl'}",
             f"eval.benchmark_files={{aime24: {MATH / 'aime24.jsonl'}}}",
             f"engines.student.urls=[{student.url}]", f"engines.teacher.urls=[{teacher.url}]",
-            "run.num_steps=2", "rollout.prompts_per_step=8", "eval.num_prompts=32", "checkpoint.interval=1",
+            "run.num_steps=2", "rollout.prompts_per_step=8", "eval.num_prompts=16", "checkpoint.interval=1",
             *overrides]
     log = tmp / f"{name}.log"
     with log.open("w") as out:  # a file, not a pipe (see tests/test_loop_e2e.py)

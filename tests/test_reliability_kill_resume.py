@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PYTHON, REPO
+from tests.engines_fixtures import restore_student
 
 pytestmark = pytest.mark.slow
 NUM_STEPS = 14
@@ -65,16 +66,7 @@ def reference(engine_models, student_server, teacher_server, tmp_path_factory) -
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert ref.returncode == 0, log.read_text()[-3000:]
     yield tmp / "runs" / "uninterrupted"
-    _restore_student(engine_models, student_server)
-
-
-def _restore_student(models, student_server) -> None:
-    """The shared server gets its original weights back."""
-    from opd_megatron.config.schema import EnginesConfig
-    from opd_megatron.engines import EngineClient
-
-    EngineClient.from_config([student_server.url], EnginesConfig()).post_each(
-        "/update_weights_from_disk", {"model_path": str(models["student"])})
+    restore_student(engine_models, student_server)
 
 
 def _assert_same_weights(ref_dir: Path, run_dir: Path, what: str) -> None:

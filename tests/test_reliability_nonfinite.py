@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import PYTHON, REPO
+from tests.engines_fixtures import restore_student
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +44,4 @@ def test_nonfinite_teacher_skip_and_stop(engine_models, student_server, teacher_
     assert "non-finite" in summary["error"] and not summary["completed"]
     ckpts = sorted((tmp_path / "runs/nan-stop/checkpoints").iterdir())
     assert [p.name for p in ckpts][-1] == "step_000002"  # the last good step before the NaN at step 3
-    from opd_megatron.config.schema import EnginesConfig
-    from opd_megatron.engines import EngineClient
-
-    EngineClient.from_config([student_server.url], EnginesConfig()).post_each(
-        "/update_weights_from_disk", {"model_path": str(engine_models["student"])})
+    restore_student(engine_models, student_server)

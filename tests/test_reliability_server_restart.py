@@ -6,7 +6,9 @@ grad norm, KL, ratios) bit-identical to an uninterrupted run with the same seed:
 lost, repeated or fed other samples. The final weights are bit-identical too: the teacher's
 prefix cache is flushed before every teacher call (engines.flush_teacher_cache), so the
 restarted teacher, which starts empty, scores exactly as the old one did (without the flush the
-weights differed by up to 1e-8: cached prefixes move the last bit of a few logprobs)."""
+weights differed by up to 1e-8: cached prefixes move the last bit of a few logprobs). The
+uninterrupted run uses the session's shared servers (the run pushes its initial weights first),
+so only the faulted run pays for launching its own."""
 
 from __future__ import annotations
 
@@ -18,16 +20,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PYTHON, REPO
+from tests.engines_fixtures import restore_student
 
 pytestmark = pytest.mark.slow
 NUM_STEPS = 5
 
 
-def _run(tmp: Path, models, name: str, base_port: int, faults: str = "") -> tuple:
+def _run(tmp: Path, models, name: str, *servers: str, faults: str = "") -> tuple:
     cmd = [PYTHON, "-m", "opd_megatron", "run", str(REPO / "recipes/opd-tiny-cpu.yaml"),
            f"student.path={models['student']}", f"teacher.path={models['teacher']}",
            "student.prepare=null", "teacher.prepare=null", "engines.device=cpu",
-           f"engines.base_port={base_port}", "engines.startup_timeout_s=240",
+           "engines.startup_timeout_s=240", *servers,
            f"run.num_steps={NUM_STEPS}", "rollout.prompts_per_step=8", "eval.num_prompts=8",
            "eval.interval=0", "checkpoint.interval=0", "run.quiet=true", f"run.name={name}"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -52,10 +55,13 @@ def _weights(run_dir: Path):
     return load_file(str(run_dir / "hf" / "model.safetensors"))
 
 
-def test_killed_servers_are_restarted_resynced_and_the_step_retried(engine_models, tmp_path):
-    code, text = _run(tmp_path, engine_models, "uninterrupted", base_port=31600)
+def test_killed_servers_are_restarted_resynced_and_the_step_retried(engine_models, student_server,
+                                                                    teacher_server, tmp_path):
+    code, text = _run(tmp_path, engine_models, "uninterrupted", f"engines.student.urls=[{student_server.url}]",
+                      f"engines.teacher.urls=[{teacher_server.url}]")
+    restore_student(engine_models, student_server)
     assert code == 0, text[-3000:]
-    code, text = _run(tmp_path, engine_models, "server-killed", base_port=31700,
+    code, text = _run(tmp_path, engine_models, "server-killed", "engines.base_port=31700",
                       faults="student@2,teacher@4")
     assert code == 0, text[-3000:]
     assert "restarted student server http://127.0.0.1:31700" in text

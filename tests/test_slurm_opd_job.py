@@ -39,7 +39,7 @@ def job_overrides(root: Path, name: str) -> List[str]:
             "cluster.num_nodes=2", "cluster.teacher_nodes=1",
             f"student.path={root}/models/student", "student.prepare=tiny-random:student",
             f"teacher.path={root}/models/teacher", "teacher.prepare=tiny-random:teacher",
-            f"run.num_steps={NUM_STEPS}", "rollout.prompts_per_step=8", "eval.num_prompts=16",
+            f"run.num_steps={NUM_STEPS}", "rollout.prompts_per_step=8", "eval.num_prompts=8",
             "eval.interval=0", "checkpoint.interval=0", "report.plots=false", f"engines.base_port={BASE_PORT}"]
 
 

@@ -175,7 +175,30 @@ def read_hf_config(model: ModelConfig, role: str) -> Optional[Dict[str, Any]]:
     for k in ("num_attention_heads", "num_hidden_layers", "vocab_size"):
         if not isinstance(hf.get(k), int):
             raise ConfigError(f"{role}.path: {cfg_file} lacks integer '{k}'")
+    rows = embedding_rows(path, role)
+    if rows is not None and rows != hf["vocab_size"]:
+        raise ConfigError(f"{role}.path: {cfg_file} says vocab_size {hf['vocab_size']} but the "
+                          f"embedding in {path} has {rows} rows; the config and weights are from "
+                          f"different models")
     return hf
+
+
+def embedding_rows(path: Path, role: str) -> Optional[int]:
+    """Rows of ``model.embed_tokens.weight``, read from safetensors headers only (no weights
+    loaded); None when the weights are not safetensors or name no such tensor."""
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with open(f, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size < 1 << 28:
+                    raise ValueError
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError, UnicodeDecodeError):
+            raise ConfigError(f"{role}.path: {f} is not a readable safetensors file") from None
+        entry = header.get("model.embed_tokens.weight")
+        if isinstance(entry, dict) and entry.get("shape"):
+            return int(entry["shape"][0])
+    return None
 
 
 def check_prepare(model: ModelConfig, role: str) -> None:
