@@ -21,8 +21,9 @@ BIG_MODELS = {"Qwen3-8B-Base-SFT": "qwen3-8b", "Qwen3-8B": "qwen3-8b", "Qwen3-32
 def model_dir(tmp_path, bpe_tokenizer_dir, monkeypatch):
     """OPD_MODEL_DIR with config-only stand-ins of the real Qwen3 checkpoints (real config.json
     shapes; one shared Qwen3-like tokenizer, whose eos is <|endoftext|> in the base-derived
-    student as in Qwen3-8B-Base, so the recipes' data.eos_token is what lets them pass; an
-    empty weights file): enough for validation, which reads only configs and file layout."""
+    student as in Qwen3-8B-Base, so the recipes' data.eos_token is what lets them pass; a
+    weights file holding only a safetensors header with the embedding's shape): enough for
+    validation, which reads only configs, headers and file layout."""
     from opd_megatron.plan.flops import NAMED_SHAPES
 
     for dirname, shape_name in BIG_MODELS.items():
@@ -38,7 +39,10 @@ def model_dir(tmp_path, bpe_tokenizer_dir, monkeypatch):
         if "Base" in dirname:
             tok_cfg = json.loads((d / "tokenizer_config.json").read_text())
             (d / "tokenizer_config.json").write_text(json.dumps({**tok_cfg, "eos_token": "<|endoftext|>"}))
-        (d / "model-00001-of-00001.safetensors").write_bytes(b"")
+        header = json.dumps({"model.embed_tokens.weight": {
+            "dtype": "BF16", "shape": [s.vocab_size, s.hidden_size],
+            "data_offsets": [0, 2 * s.vocab_size * s.hidden_size]}}).encode()
+        (d / "model-00001-of-00001.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
     monkeypatch.setenv("OPD_MODEL_DIR", str(tmp_path))
     monkeypatch.chdir(REPO)
     return tmp_path
