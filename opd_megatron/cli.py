@@ -1,7 +1,9 @@
 """The ``opd`` command line (also ``python -m opd_megatron``).
 
     opd run RECIPE [key=value ...]        run a recipe (writes runs/<name>/)
+    opd run RECIPE --rehearse             the recipe shrunk to this machine, every stage
     opd validate RECIPE [key=value ...]   resolve + validate; print the config and the plan
+                                          (no weights needed: shapes from flops_name)
     opd convert ...                       HF <-> Megatron checkpoints (opd convert -h)
     opd eval ...                          evaluate a model behind an SGLang server
     opd flops ...                         FLOPs account (opd flops -h)
@@ -19,6 +21,7 @@ import sys
 from typing import List, Optional
 
 from opd_megatron.errors import EXIT_OK, cli_entry
+from opd_megatron.plan.budget import DEFAULT_MFU, DEFAULT_SAMPLING_MFU
 
 # Subcommands owned by other modules: name -> (module, help).
 DELEGATED = {
@@ -33,6 +36,22 @@ DELEGATED = {
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML (recipes/*.yaml) or a run's config.yaml")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. run.num_steps=3")
+    p.add_argument("--rehearse", action="store_true",
+                   help="run.rehearse=true: the recipe shrunk to this machine, every stage (tiny models, toy sizes)")
+
+
+def _overrides(args: argparse.Namespace) -> List[str]:
+    return [*args.overrides, *(["run.rehearse=true"] if args.rehearse else [])]
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in (0, 1]")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="resolve and validate a recipe; print config and plan")
     _recipe_args(v)
     v.add_argument("--nodes", type=int, default=None, help="node count to plan for (default: cluster.num_nodes)")
+    v.add_argument("--mfu", type=_fraction, default=DEFAULT_MFU,
+                   help=f"model FLOPs utilisation of training and teacher scoring for the time estimate "
+                        f"(default {DEFAULT_MFU})")
+    v.add_argument("--sampling-mfu", type=_fraction, default=DEFAULT_SAMPLING_MFU,
+                   help=f"MFU of sampling (decode, memory-bound) (default {DEFAULT_SAMPLING_MFU})")
     for name, (_, help_text) in DELEGATED.items():
         d = sub.add_parser(name, help=help_text, add_help=False)
         d.add_argument("rest", nargs=argparse.REMAINDER)
@@ -50,14 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from opd_megatron.config import to_yaml
-    from opd_megatron.run.preflight import load_and_validate
+    from opd_megatron.run.preflight import absent_models, load_and_validate
     from opd_megatron.plan.describe import describe_plan
 
-    cfg, hf = load_and_validate(args.recipe, args.overrides)
+    cfg, hf = load_and_validate(args.recipe, _overrides(args), absent_ok=True)
     print("# resolved config")
     print(to_yaml(cfg))
     print("# plan")
-    print(describe_plan(cfg, hf, num_nodes=args.nodes))
+    for line in absent_models(cfg):
+        print(line)
+    print(describe_plan(cfg, hf, num_nodes=args.nodes, mfu=args.mfu, sampling_mfu=args.sampling_mfu))
     return EXIT_OK
 
 
@@ -65,14 +91,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from opd_megatron.run.preflight import load_and_validate
     from opd_megatron.run.runner import run
 
-    cfg, _ = load_and_validate(args.recipe, args.overrides)
-    return run(cfg, recipe=args.recipe, overrides=list(args.overrides))
+    from opd_megatron.run import rehearse
+
+    overrides = _overrides(args)
+    cfg, _ = load_and_validate(args.recipe, overrides)
+    if rehearse.is_driver(cfg):
+        return rehearse.drive(cfg, args.recipe, overrides)
+    return run(cfg, recipe=args.recipe, overrides=overrides)
 
 
 def _dispatch(argv: List[str]) -> int:
     if argv and argv[0] in DELEGATED:  # their own parsers take every remaining argument
         module = importlib.import_module(DELEGATED[argv[0]][0])
         return int(getattr(module, "cli_main")(argv[1:]) or 0)
+    if argv and argv[0] in ("run", "validate") and "--rehearse" in argv[1:]:
+        # a flag anywhere among the overrides (argparse takes it only before the positionals)
+        argv = [argv[0], "--rehearse", *[a for a in argv[1:] if a != "--rehearse"]]
     args = build_parser().parse_args(argv)
     if args.command == "validate":
         return _cmd_validate(args)

@@ -76,7 +76,6 @@ CASES = [
     ("tp-zero", ["parallel.tp=0"], None, "parallel.tp"),
     ("engine-tp-heads", ["engines.student.tp=3"], None, "engines.student.tp"),
     ("port-range", ["engines.base_port=80"], None, "engines.base_port"),
-    ("nccl-on-cpu", ["engines.weight_sync=distributed"], None, "engines.weight_sync"),
     ("world-vs-gpus", ["cluster.gpus_per_node=8", "parallel.tp=2"], None, "parallel"),
     ("engine-tp-vs-gpus", ["cluster.gpus_per_node=8", "parallel.dp=8", "engines.teacher.tp=16"],
      None, "engines.teacher.tp"),

@@ -4,6 +4,8 @@
 The servers are the session's shared tiny student/teacher servers (tests/engines_fixtures.py),
 passed in with engines.<role>.urls exactly as the sbatch script does; each run first pushes its
 own initial weights to the student server, and the module restores the server's weights after.
+A run under torchrun whose rank 0 launches its own servers is tests/test_rehearse.py's (tp 2 x
+dp 2, four processes).
 """
 
 from __future__ import annotations
@@ -106,24 +108,3 @@ def test_same_seed_same_metrics(loop_env):
     a = load_file(str(tmp / "runs/det-a/hf/model.safetensors"))
     b = load_file(str(tmp / "runs/det-b/hf/model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
-
-
-def test_opd_run_under_torchrun_dp2_launches_its_servers(engine_models, tmp_path):
-    """`torchrun --nproc_per_node=2 -m opd_megatron run ...`: rank 0 launches the SGLang servers
-    (which must not inherit torchrun's rendezvous variables, or they hang in their own
-    distributed init) and drives the loop; rank 1 mirrors every learner call and exits 0."""
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "opd_megatron",
-           "run", str(REPO / "recipes/opd-tiny-cpu.yaml"), f"student.path={engine_models['student']}",
-           f"teacher.path={engine_models['teacher']}", "student.prepare=null", "teacher.prepare=null",
-           "run.num_steps=2", "parallel.dp=2", "rollout.prompts_per_step=8", "eval.num_prompts=8",
-           "engines.device=cpu", "engines.base_port=32200", "engines.startup_timeout_s=240",
-           "run.name=dp2", "run.quiet=true"]
-    log = tmp_path / "dp2.log"
-    with log.open("w") as out:
-        code = subprocess.run(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, timeout=600,
-                              env=dict(os.environ, PYTHONPATH=str(REPO))).returncode
-    assert code == 0, log.read_text()[-4000:]  # both ranks exited 0
-    summary = json.loads((tmp_path / "runs/dp2/summary.json").read_text())
-    assert summary["completed"] and summary["steps"] == 2
-    train = [r for r in _records(tmp_path / "runs/dp2") if "loss" in r]
-    assert [r["step"] for r in train] == [1, 2] and all(r["grad_norm"] > 0 for r in train)

@@ -112,6 +112,9 @@ def test_shipped_math_data_is_what_the_generator_makes(tmp_path):
     mathgen.write_benchmark(tmp_path / "aime24.jsonl", mathgen.BENCHMARK_SEED, 30,
                             exclude=mathgen.rows(mathgen.DATA_SEED, mathgen.NUM_ROWS))
     assert (tmp_path / "aime24.jsonl").read_bytes() == (MATH / "aime24.jsonl").read_bytes()
+    mathgen.write_choice_benchmark(tmp_path / "gpqa_diamond.jsonl", mathgen.BENCHMARK_SEED + 1, 20,
+                                   exclude=mathgen.rows(mathgen.DATA_SEED, mathgen.NUM_ROWS))
+    assert (tmp_path / "gpqa_diamond.jsonl").read_bytes() == (MATH / "gpqa_diamond.jsonl").read_bytes()
     assert any("\\frac" in json.loads(line)["final_answer"] for line in (MATH / "train.jsonl").open())
 
 

@@ -29,7 +29,7 @@ from tests.slurm_fixtures import REPO, job_info, sbatch, slurm_cluster, wait_for
 
 pytestmark = pytest.mark.slow
 
-NUM_STEPS = 8
+NUM_STEPS = 6
 JOB_TIMEOUT_S = 900
 BASE_PORT = 34600  # away from the engines tests' ports; both fake nodes share this host
 

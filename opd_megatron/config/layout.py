@@ -3,8 +3,9 @@ launcher (``opd run`` starts them) and the Slurm placement (the sbatch job start
 both put the same server on the same port with the same seed.
 
 Ports, consecutive from ``engines.base_port``: the student servers, one port kept for the
-student router (used only with ``engines.router`` and more than one student server), then the
-teacher servers. Seeds: student server i gets ``run.seed + i``, teacher server i
+student router (used only with ``engines.router`` and more than one student server), the
+teacher servers, the learner's MASTER_PORT (Slurm jobs), then the distributed weight-sync
+group's rendezvous. Seeds: student server i gets ``run.seed + i``, teacher server i
 ``run.seed + 1000 + i``.
 
 Pure functions of the settings (no sockets, nothing started); they live next to the schema
@@ -35,6 +36,11 @@ class ServerPorts(NamedTuple):
     """Empty when no teacher servers run."""
     next_free: int
     """The first port after all of them (a Slurm job's learner MASTER_PORT)."""
+
+    @property
+    def weight_sync(self) -> int:
+        """The port after MASTER_PORT: rank 0's rendezvous of the distributed weight-sync group."""
+        return self.next_free + 1
 
 
 def server_ports(engines: EnginesConfig, teacher_servers: bool = True) -> ServerPorts:

@@ -53,6 +53,10 @@ class RunConfig:
     """What a NaN/inf in teacher logprobs, advantages or loss does: skip (the step, counted) | stop."""
     overwrite: bool = False
     """Allow starting fresh in a run directory that holds another config (else: resume or refuse)."""
+    rehearse: bool = False
+    """Run this recipe shrunk to this machine through every stage (tiny models of the same
+    kind, toy sizes, a stop and resume at step 2); prints what it replaced
+    (opd_megatron/run/rehearse.py). ``opd run RECIPE --rehearse``."""
 
 
 @dataclass
@@ -303,7 +307,8 @@ class EnginesConfig:
     waits for their requests and drops their cache), or on GPUs without SGLang's deterministic
     inference, where scores are not bit-reproducible anyway."""
     weight_sync: str = choice("tensor", ("tensor", "disk", "distributed"))
-    """tensor (same host) | disk (HF directory) | distributed (NCCL, GPU only)."""
+    """tensor (same host) | disk (HF directory) | distributed (a process-group broadcast from
+    learner rank 0: NCCL on GPUs, gloo on CPU)."""
     api_key_env: Optional[str] = None
     """Environment variable holding the servers' API key (never logged)."""
     device: str = choice("auto", ("auto", "cpu", "cuda"))

@@ -12,10 +12,14 @@ math grader. Two kinds of problems, small enough for the tiny CPU models:
 Rows come from a seed; ``write_dataset`` writes them as jsonl (one object per line) and, with
 ``datasets`` installed, as a ``save_to_disk`` directory. ``write_benchmark`` writes unseen
 problems in AIME'24's schema (``HuggingFaceH4/aime_2024``: ``id``, ``problem``, ``answer``,
-``solution``, ``url``, ``year``), for ``eval.benchmark_files: {aime24: PATH}`` in the loop.
+``solution``, ``url``, ``year``), for ``eval.benchmark_files: {aime24: PATH}`` in the loop;
+``write_choice_benchmark`` the same problems as four-option questions in GPQA-Diamond's schema
+(``Idavidrein/gpqa``: ``Record ID``, ``Question``, ``Correct Answer``, ``Incorrect Answer 1..3``),
+for rehearsing a recipe that evaluates gpqa_diamond.
 
 The shipped copies (``assets/data/math-tiny/``) are ``write_dataset(DIR, DATA_SEED, NUM_ROWS)``
-and ``write_benchmark(DIR / "aime24.jsonl", BENCHMARK_SEED, 30, exclude=rows(DATA_SEED, NUM_ROWS))``;
+``write_benchmark(DIR / "aime24.jsonl", BENCHMARK_SEED, 30, exclude=rows(DATA_SEED, NUM_ROWS))``
+and ``write_choice_benchmark(DIR / "gpqa_diamond.jsonl", BENCHMARK_SEED + 1, 20, exclude=...)``;
 a test checks they equal what these functions make.
 """
 
@@ -95,6 +99,27 @@ def write_benchmark(path: str | Path, seed: int, num: int, *, exclude: List[Dict
             banned.add(row["question"])
             out.append({"id": len(out), "problem": row["question"], "answer": row["final_answer"],
                         "solution": row["r1_solution_1"], "url": "", "year": 2024})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in out))
+    return path
+
+
+def write_choice_benchmark(path: str | Path, seed: int, num: int, *, exclude: List[Dict[str, object]]) -> Path:
+    """``num`` unseen arithmetic problems as four-option questions in GPQA-Diamond's schema: the
+    correct value and three other residues mod 100 (the grader shuffles the options)."""
+    rng = random.Random(seed)
+    banned = {r["question"] for r in exclude}
+    out: List[Dict[str, object]] = []
+    while len(out) < num:
+        row = arithmetic_row(rng)
+        if row["question"] in banned:
+            continue
+        banned.add(row["question"])
+        answer = int(str(row["final_answer"]))
+        wrong = rng.sample([v for v in range(100) if v != answer], 3)
+        out.append({"Record ID": f"rec{len(out)}", "Question": row["question"], "Correct Answer": str(answer),
+                    **{f"Incorrect Answer {i + 1}": str(v) for i, v in enumerate(wrong)}})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in out))

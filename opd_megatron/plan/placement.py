@@ -15,12 +15,12 @@ take ``tp`` GPUs each; the learner gets the GPUs left on its nodes. Ports are un
 (not per node; ``opd_megatron.config.layout``, the engines launcher's layout), so fake nodes
 sharing one host (launch/local_slurm.sh) never collide.
 
-The memory check is an estimate from the parameter count of the model's shape
+The memory check is ``plan.budget``'s estimate from the model's shape
 (``plan.flops.model_shape``: HF config.json when readable, else the named shape
-``model.flops_name``): server weights per GPU at the server's TP against
-``mem_fraction`` of the GPU, learner weights + grads + Adam state per GPU at tp*pp (optimizer
-state sharded over dp with the distributed optimizer), activations excluded. CPU profiles
-(gpus_per_node 0) skip GPU and memory checks.
+``model.flops_name``): server weights per GPU at the server's TP and the KV cache that leaves
+in ``mem_fraction`` of the GPU; learner weights, grads, optimizer state, activations and logits
+at the microbatch budget per GPU, against 0.9 of it. CPU profiles (gpus_per_node 0) skip GPU
+and memory checks.
 """
 
 from __future__ import annotations
@@ -37,10 +37,9 @@ from opd_megatron.config.layout import server_ports
 from opd_megatron.config.schema import Config, EngineRoleConfig
 from opd_megatron.errors import ConfigError
 from opd_megatron.methods import needs_teacher_servers
-from opd_megatron.plan.flops import model_shape, shape_from_hf_config
+from opd_megatron.plan.budget import LEARNER_MEMORY_FRACTION, learner_memory, server_memory
+from opd_megatron.plan.flops import lora_params, model_shape, shape_from_hf_config
 
-GIB = 1024**3
-BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2}
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "configs" / "clusters"
 """Cluster profiles shipped with the repo; ``OPD_CLUSTER_DIR`` points elsewhere."""
 
@@ -56,6 +55,8 @@ class ClusterProfile:
     gpus_per_node: int = 0
     gpu_memory_gib: float = 0.0
     """Memory of one GPU, for the plan's memory estimate."""
+    gpu_peak_tflops: float = 0.0
+    """Dense bf16 peak of one GPU, for the plan's time estimate (0: no time estimate)."""
     container_image: Optional[str] = None
     """Pyxis/enroot image for ``srun --container-image``; None runs on the host."""
     container_mounts: Tuple[str, ...] = ()
@@ -207,46 +208,44 @@ def _server_memory(cfg: Config, role: str, profile: ClusterProfile) -> Optional[
     shape = model_shape(getattr(cfg, role), name=role)
     if shape is None:
         return None
-    weights = shape.total_params * BYTES_PER_DTYPE[role_cfg.dtype] / role_cfg.tp / GIB
+    m = server_memory(shape, tp=role_cfg.tp, dtype=role_cfg.dtype, gpu_memory_gib=profile.gpu_memory_gib,
+                      mem_fraction=role_cfg.mem_fraction)
     budget = role_cfg.mem_fraction * profile.gpu_memory_gib
-    if weights >= budget:
-        raise ConfigError(f"engines.{role}.tp: {role} weights need ~{weights:.1f} GiB per GPU at tp {role_cfg.tp}, "
+    if m.kv_cache <= 0:
+        raise ConfigError(f"engines.{role}.tp: {role} weights need ~{m.weights:.1f} GiB per GPU at tp {role_cfg.tp}, "
                           f"over engines.{role}.mem_fraction x {profile.gpu_memory_gib:g} GiB = {budget:.1f} GiB "
                           f"(profile {profile.name}); raise engines.{role}.tp")
-    kv_bytes_per_token = shape.kv_values_per_token * BYTES_PER_DTYPE[role_cfg.dtype]
-    kv_tokens = int((budget - weights) * GIB / (kv_bytes_per_token / role_cfg.tp))
     longest = max(cfg.rollout.max_new_tokens, cfg.eval.max_new_tokens)
-    if kv_tokens < longest:
-        raise ConfigError(f"engines.{role}.tp: at tp {role_cfg.tp} the {role}'s KV cache has room for ~{kv_tokens} "
+    if m.kv_tokens < longest:
+        raise ConfigError(f"engines.{role}.tp: at tp {role_cfg.tp} the {role}'s KV cache has room for ~{m.kv_tokens} "
                           f"tokens, less than one {longest}-token response (rollout/eval max_new_tokens); "
                           f"raise engines.{role}.tp or engines.{role}.mem_fraction")
-    what = (f"{role} server tp{role_cfg.tp}: weights {weights:.1f} GiB, KV room ~{kv_tokens} tokens "
-            f"(max_total_tokens {role_cfg.max_total_tokens})")
-    return MemoryEstimate(what, weights, budget)
+    what = (f"{role} server tp{role_cfg.tp}: weights {m.weights:.1f} GiB + KV cache {m.kv_cache:.1f} GiB "
+            f"(~{m.kv_tokens} tokens; max_total_tokens {role_cfg.max_total_tokens})")
+    return MemoryEstimate(what, m.weights + m.kv_cache, budget)
 
 
 def _learner_memory(cfg: Config, profile: ClusterProfile) -> Optional[MemoryEstimate]:
-    """bf16/fp16: 2 B weights + 4 B fp32 main grads + 12 B fp32 master + Adam moments per param."""
+    """plan.budget.learner_memory at the recipe's layout, against 0.9 of a GPU."""
     p = cfg.parallel
     shape = model_shape(cfg.student, name="student")
     if shape is None:
         return None
-    weight_bytes = BYTES_PER_DTYPE[cfg.student.dtype]
-    master_bytes = 12 if weight_bytes < 4 else 8
-    optim_bytes = master_bytes / p.dp if p.distributed_optimizer else master_bytes
-    per_param = weight_bytes + 4 + optim_bytes
-    gib = shape.total_params * per_param / (p.tp * p.pp) / GIB
-    if cfg.objective.teacher_backend == "megatron":
-        teacher = model_shape(cfg.teacher, name="teacher")
-        if teacher is not None:
-            gib += teacher.total_params * BYTES_PER_DTYPE[cfg.teacher.dtype] / (p.tp * p.pp) / GIB
-    budget = 0.9 * profile.gpu_memory_gib
-    if gib >= budget:
-        raise ConfigError(f"parallel.tp: the learner needs ~{gib:.1f} GiB per GPU at tp*pp = {p.tp * p.pp} "
-                          f"(weights + grads + Adam, activations excluded), over 0.9 x {profile.gpu_memory_gib:g} "
-                          f"GiB (profile {profile.name}); raise parallel.tp/pp or set parallel.distributed_optimizer")
-    return MemoryEstimate(f"learner tp{p.tp} pp{p.pp} dp{p.dp}: weights+grads+Adam {gib:.1f} GiB "
-                          f"(activations excluded)", gib, budget)
+    teacher = model_shape(cfg.teacher, name="teacher") if cfg.objective.teacher_backend == "megatron" else None
+    trained = lora_params(shape, cfg.lora.rank, cfg.lora.targets) if cfg.lora.rank else None
+    m = learner_memory(shape, tp=p.tp, pp=p.pp, dp=p.dp, microbatch_tokens=p.microbatch_tokens,
+                       dtype=cfg.student.dtype, distributed_optimizer=p.distributed_optimizer,
+                       trained_params=trained, teacher=teacher, teacher_dtype=cfg.teacher.dtype)
+    budget = LEARNER_MEMORY_FRACTION * profile.gpu_memory_gib
+    if m.total >= budget:
+        # The model state alone over budget is a layout problem; else the microbatch is too big.
+        key, fix = (("parallel.tp", "raise parallel.tp/pp or set parallel.distributed_optimizer")
+                    if m.total - m.activations - m.logits >= budget else
+                    ("parallel.microbatch_tokens", "lower parallel.microbatch_tokens or raise parallel.tp"))
+        raise ConfigError(f"{key}: the learner needs ~{m.describe()} per GPU at tp {p.tp} pp {p.pp} dp {p.dp} "
+                          f"and {p.microbatch_tokens}-token microbatches, over {LEARNER_MEMORY_FRACTION} x "
+                          f"{profile.gpu_memory_gib:g} GiB (profile {profile.name}); {fix}")
+    return MemoryEstimate(f"learner tp{p.tp} pp{p.pp} dp{p.dp}: {m.describe()}", m.total, budget)
 
 
 def _check_weight_sync(cfg: Config, student: Sequence[Server], learner: Sequence[str]) -> None:

@@ -38,6 +38,8 @@ class Components:
     external_servers: bool = False
     pad_id: int = 0
     preempted: Callable[[], bool] = lambda: False
+    stop_after: Optional[int] = None
+    """Stop after this step as a preempted run does (a rehearsal's checkpoint and resume)."""
     num_skipped: int = 0
     timer: StageTimer = field(default_factory=StageTimer)
 
@@ -56,7 +58,7 @@ def run(c: Components) -> int:
                 state.before["teacher_accuracy"] = teacher
         c.log.write({"step": 0, **state.before})
     state.step = train(c, start)
-    if c.preempted() and state.step < cfg.run.num_steps:
+    if _stopping(c, state.step) and state.step < cfg.run.num_steps:
         return EXIT_PREEMPTED
     with c.timer.stage("eval"):
         state.after = c.evaluate(state.step)
@@ -105,15 +107,19 @@ def train(c: Components, start_step: int) -> int:
         if cfg.eval.interval and step % cfg.eval.interval == 0 and step < cfg.run.num_steps:
             with c.timer.stage("eval"):
                 record.update(c.evaluate(step))
-        if (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0) or c.preempted():
+        if (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0) or _stopping(c, step):
             with c.timer.stage("checkpoint"):
                 c.state.checkpoint(c, step)
         record.update(flops=c.flops.as_dict(), stage_seconds=c.timer.pop_step(), num_skipped=c.num_skipped,
                       tokens_per_s=batch.num_tokens / max(time.perf_counter() - t0, 1e-9))
         c.log.write(record, print_line=step % cfg.run.log_interval == 0)
-        if c.preempted():
+        if _stopping(c, step):
             return step
     return step
+
+
+def _stopping(c: Components, step: int) -> bool:
+    return c.preempted() or step == c.stop_after
 
 
 def _finite(batch) -> bool:

@@ -14,8 +14,9 @@ was given. ``load_and_validate(recipe, overrides)`` loads and runs it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from opd_megatron.config import Config, load_config, validate
 from opd_megatron.config.schema import RANDOM_PREFIXES, RANDOM_SHAPES, ModelConfig
@@ -145,7 +146,7 @@ def check_urls(cfg: Config) -> None:
                                   f"(GET /health failed); start it or remove the URL to launch one")
 
 
-def read_hf_config(model: ModelConfig, role: str) -> Optional[Dict[str, Any]]:
+def read_hf_config(model: ModelConfig, role: str, absent_ok: bool = False) -> Optional[Dict[str, Any]]:
     """The model's config.json, or None when it will be built by ``prepare``."""
     if not model.path:
         raise ConfigError(f"{role}.path: missing; set it to an HF model directory "
@@ -155,6 +156,11 @@ def read_hf_config(model: ModelConfig, role: str) -> Optional[Dict[str, Any]]:
         if model.prepare:
             check_prepare(model, role)
             return None
+        if absent_ok and model.flops_name:
+            return None
+        if absent_ok:
+            raise ConfigError(f"{role}.flops_name: {role}.path {path} is not here and there is no "
+                              f"{role}.flops_name to plan from; set it (e.g. qwen3-8b; opd flops -h lists them)")
         raise ConfigError(f"{role}.path: model directory not found: {path} "
                           f"(download it or set {role}.prepare to a recipe that builds it)")
     cfg_file = path / "config.json"
@@ -252,17 +258,20 @@ def check_tokenizers(cfg: Config, student_hf: Optional[dict], teacher_hf: Option
                                 use_chat_template=cfg.data.chat_template == "tokenizer")
 
 
-def preflight(cfg: Config) -> Dict[str, Optional[dict]]:
-    """Run every check; returns the readable HF configs by role (None where prepared later)."""
+def preflight(cfg: Config, absent_ok: bool = False) -> Dict[str, Optional[dict]]:
+    """Run every check; returns the readable HF configs by role (None where prepared later).
+    ``absent_ok`` (``opd validate``, the plan on paper): a model directory that is not here
+    but names its ``flops_name`` is planned from that shape, and the checks that need its
+    files (tokenizers, prompt lengths, top-k vs vocabulary) are skipped (``absent_models``)."""
     validate(cfg)
     check_benchmarks(cfg)
     check_method(cfg)
     check_data_file(cfg)
     check_urls(cfg)
-    student_hf = read_hf_config(cfg.student, "student")
+    student_hf = read_hf_config(cfg.student, "student", absent_ok)
     teacher_hf = None
     if needs_teacher_model(cfg):
-        teacher_hf = read_hf_config(cfg.teacher, "teacher")
+        teacher_hf = read_hf_config(cfg.teacher, "teacher", absent_ok)
     if student_hf is not None:
         check_model_parallel(student_hf, cfg, "student")
     if teacher_hf is not None and cfg.objective.teacher_backend == "megatron":
@@ -273,8 +282,25 @@ def preflight(cfg: Config) -> Dict[str, Optional[dict]]:
     return {"student": student_hf, "teacher": teacher_hf}
 
 
-def load_and_validate(recipe: str, overrides: Sequence[str] = ()) -> Tuple[Config, Dict[str, Optional[dict]]]:
+def load_and_validate(recipe: str, overrides: Sequence[str] = (),
+                      absent_ok: bool = False) -> Tuple[Config, Dict[str, Optional[dict]]]:
     """Load a recipe with overrides and run every pre-flight check. Raises ConfigError."""
     cfg = load_config(recipe, overrides)
-    hf = preflight(cfg)
+    if cfg.run.rehearse:
+        from opd_megatron.run.rehearse import as_overrides, describe, rehearsal_changes
+
+        changes = rehearsal_changes(cfg)
+        if changes and int(os.environ.get("RANK", "0")) == 0:
+            print("\n".join(describe(changes)), flush=True)
+        cfg = load_config(recipe, [*overrides, *as_overrides(changes)])
+    hf = preflight(cfg, absent_ok)
     return cfg, hf
+
+
+def absent_models(cfg: Config) -> List[str]:
+    """One line per model directory that is not here and is planned from its flops_name."""
+    roles = ("student", "teacher") if needs_teacher_model(cfg) else ("student",)
+    return [f"{role}.path: {m.path} is not here; shapes from {role}.flops_name {m.flops_name} (the shape "
+            f"table); tokenizer, chat-template and prompt-length checks skipped"
+            for role in roles for m in [getattr(cfg, role)]
+            if m.path and not Path(m.path).exists() and not m.prepare and m.flops_name]

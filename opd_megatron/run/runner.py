@@ -75,6 +75,7 @@ def run(cfg: Config, recipe: str = "", overrides: Optional[List[str]] = None) ->
     t0 = time.perf_counter()
     session = None
     error: Optional[str] = None
+    code = 1
     try:
         from opd_megatron.run.session import Session
 
@@ -88,7 +89,7 @@ def run(cfg: Config, recipe: str = "", overrides: Optional[List[str]] = None) ->
         error = f"{e.__class__.__name__}: {e}"
         raise
     finally:
-        _finish(cfg, run_dir, session, time.perf_counter() - t0, error)
+        _finish(cfg, run_dir, session, time.perf_counter() - t0, error, code)
 
 
 def _follow(cfg: Config) -> int:
@@ -103,10 +104,12 @@ def _follow(cfg: Config) -> int:
     return 0
 
 
-def _finish(cfg: Config, run_dir: Path, session: Any, wall_s: float, error: Optional[str]) -> None:
-    """summary.json (partial on failure) and report.md, whatever happened."""
+def _finish(cfg: Config, run_dir: Path, session: Any, wall_s: float, error: Optional[str], code: int) -> None:
+    """summary.json (partial on failure) and report.md, whatever happened. ``exit_code`` is
+    there because torchrun turns every failing exit into 1: a wrapper (the rehearsal, a Slurm
+    job) reads 3, preempted, here."""
     summary: Dict[str, Any] = {"wall_s": round(wall_s, 2), "completed": False,
-                               "seeds": {"run": cfg.run.seed}}
+                               "seeds": {"run": cfg.run.seed}, "exit_code": code}
     if session is not None:
         summary.update(session.summary())
     if error:

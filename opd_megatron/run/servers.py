@@ -9,6 +9,7 @@ every call of it succeeded, so no step is lost or done twice.
 from __future__ import annotations
 
 import json
+import os
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -26,7 +27,9 @@ def output_rows(model: ModelConfig) -> Optional[int]:
 
 class Servers:
     def __init__(self, cfg: Config, run_dir: Path, stack: ExitStack, vocab_size: int):
+        from opd_megatron.config.layout import server_ports
         from opd_megatron.engines import EngineClient, launch_engines, make_weight_sync
+        from opd_megatron.engines.launcher import resolve_device
 
         self.cfg, self.log_dir = cfg, run_dir / "logs"
         self.synced_version = 0  # servers start from the checkpoint the learner starts from
@@ -45,8 +48,13 @@ class Servers:
                         if teacher else None)
         self._teacher_servers = (EngineClient.from_config(groups["teacher"].server_urls, e)
                                  if teacher and e.flush_teacher_cache else None)
-        self.weight_sync = make_weight_sync(e, groups["student"].server_urls, base_model_dir=cfg.student.path,
-                                            staging_dir=run_dir / "weight_sync")
+        # distributed: rank 0 of the learner hosts the group's rendezvous on the port after
+        # MASTER_PORT (config.layout); under torchrun at MASTER_ADDR, the learner's first node.
+        self.weight_sync = make_weight_sync(
+            e, groups["student"].server_urls, base_model_dir=cfg.student.path,
+            staging_dir=run_dir / "weight_sync", master_address=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=server_ports(e, teacher_servers=teacher is not None).weight_sync,
+            on_gpu=resolve_device(e) == "cuda")
         stack.callback(self.weight_sync.close)
 
     @property

@@ -18,6 +18,7 @@ from opd_megatron.methods import method_of, step_roles
 from opd_megatron.run import loop
 from opd_megatron.run.evaluator import Evaluator
 from opd_megatron.run.logs import MetricsWriter
+from opd_megatron.run.rehearse import stop_step
 from opd_megatron.run.servers import Servers
 from opd_megatron.run.spmd import Collective, build_learner_side, stop_followers, world_size
 from opd_megatron.run.stages import Stages
@@ -68,7 +69,8 @@ class Session:
             learner=learner, sync=stages.sync, evaluate=evaluator.evaluate,
             teacher_accuracy=evaluator.teacher_accuracy, state=self.state, flops=StepFlops(flops, roles),
             log=MetricsWriter(self.run_dir, cfg.run.num_steps, cfg.run.quiet), export_dir=self.run_dir / "hf",
-            external_servers=servers.external, pad_id=stages.pad_id, preempted=lambda: self.preempt.flag)
+            external_servers=servers.external, pad_id=stages.pad_id, preempted=lambda: self.preempt.flag,
+            stop_after=stop_step(cfg))
 
     def execute(self) -> int:
         c = self.components = self._build()

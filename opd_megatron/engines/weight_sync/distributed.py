@@ -32,16 +32,16 @@ def new_sender_group(master_address: str, master_port: int, world_size: int, gro
     meet. Uses torch's c10d internals, as SGLang does: the public ``new_group`` needs the
     learner's default group to contain the servers.
     """
-    from torch.distributed.distributed_c10d import (Backend, PrefixStore,
-                                                    _new_process_group_helper, _world,
-                                                    rendezvous)
+    from torch.distributed import TCPStore
+    from torch.distributed.distributed_c10d import Backend, PrefixStore, _new_process_group_helper, _world
 
     timeout = timedelta(seconds=timeout_s)
-    store, rank, world_size = next(rendezvous(f"tcp://{master_address}:{master_port}", 0,
-                                              world_size, timeout=timeout))
-    store.set_timeout(timeout)
+    # Rank 0 hosts the store itself: torch's tcp:// rendezvous would, under torchrun
+    # (TORCHELASTIC_USE_AGENT_STORE), only connect to the agent's store, and no one would listen.
+    store = TCPStore(master_address, master_port, world_size, is_master=True, timeout=timeout,
+                     wait_for_workers=False)
     store = PrefixStore(group_name, store)
-    group, _ = _new_process_group_helper(world_size, rank, [], Backend(backend), store,
+    group, _ = _new_process_group_helper(world_size, 0, [], Backend(backend), store,
                                          group_name=group_name, backend_options=None,
                                          timeout=timeout)
     _world.pg_group_ranks[group] = {i: i for i in range(world_size)}
