@@ -81,7 +81,7 @@ def test_rehearsal_of_the_tml_recipe_runs_every_stage(tmp_path):
     print(f"rehearsal wall time {wall:.0f} s")
     assert "[rehearse] parallel.dp: 4 -> 2" in text and "[rehearse] data.source" not in text  # disk stays disk
     assert f"stopped after step {STOP_STEP} as a preempted run does; resuming" in text
-    assert f"resumed from" in text and "[rehearse] every stage ran (4 learner process(es), weight sync distributed" in text
+    assert "resumed from" in text and "[rehearse] every stage ran (4 learner process(es), weight sync distributed" in text
     run = tmp_path / "runs" / "opd-qwen3-8b-to-8b-base-rehearsal"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "loss" in r]
