@@ -62,6 +62,17 @@ def _run(math_servers, recipe: str, name: str, *overrides: str):
     return text, run_dir, records, json.loads((run_dir / "summary.json").read_text())
 
 
+def _assert_same_run(a, b):
+    assert [sorted(r) for r in a] == [sorted(r) for r in b]
+    for ra, rb in zip(a, b):
+        for key, va in ra.items():
+            vb = rb[key]
+            if isinstance(va, float) and isinstance(vb, float):
+                assert va == pytest.approx(vb, rel=1e-4, abs=1e-4), (ra["step"], key)
+            else:
+                assert va == vb, (ra["step"], key)
+
+
 def _untimed(records):
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
@@ -87,7 +98,10 @@ def test_opd_on_the_math_dataset_jsonl_and_save_to_disk_alike(math_servers):
 
     _, _, disk_records, _ = _run(math_servers, "opd-math-tiny-cpu.yaml", "math-disk", "data.source=disk",
                                  f"data.path={MATH / 'train_disk'}")
-    assert _untimed(disk_records) == _untimed(records)  # the same rows, the same run
+    # The same rows, the same run: every count and length equal, every float to 1e-4 (the shared
+    # student server's prefix cache, warm from the first run, moves the last bits of a few
+    # sampler logprobs).
+    _assert_same_run(_untimed(disk_records), _untimed(records))
 
 
 @pytest.mark.parametrize("recipe,name", [("rl-math-tiny-cpu.yaml", "math-rl"),
