@@ -4,6 +4,8 @@
     opd run RECIPE --rehearse             the recipe shrunk to this machine, every stage
     opd validate RECIPE [key=value ...]   resolve + validate; print the config and the plan
                                           (no weights needed: shapes from flops_name)
+    opd fetch RECIPE [--models]           hub datasets, benchmarks (and models) into the cache
+                                          that runs read with the hub offline
     opd convert ...                       HF <-> Megatron checkpoints (opd convert -h)
     opd eval ...                          evaluate a model behind an SGLang server
     opd flops ...                         FLOPs account (opd flops -h)
@@ -27,6 +29,7 @@ from opd_megatron.plan.budget import DEFAULT_MFU, DEFAULT_SAMPLING_MFU
 DELEGATED = {
     "continual": ("opd_megatron.run.continual", "mid-train on new documents, then OPD from an earlier checkpoint; rounds"),
     "convert": ("opd_megatron.learner.convert", "HF <-> Megatron checkpoint conversion"),
+    "fetch": ("opd_megatron.run.fetch", "download a recipe's hub datasets, benchmarks (--models: models) into the hub cache"),
     "eval": ("opd_megatron.evaluation.opd_eval", "evaluate a model (AIME/MATH500/GPQA/tiny task)"),
     "flops": ("opd_megatron.plan.flops", "FLOPs account for models and token counts"),
     "report": ("opd_megatron.report.opd_report", "write or compare run reports"),
@@ -74,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from opd_megatron.config import to_yaml
+    from opd_megatron.run.fetch import check_reachable
     from opd_megatron.run.preflight import absent_models, load_and_validate
     from opd_megatron.plan.describe import describe_plan
 
@@ -83,6 +87,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print("# plan")
     for line in absent_models(cfg):
         print(line)
+    unreachable = check_reachable(cfg)
+    if unreachable:
+        print(f"{unreachable} (`opd run` would refuse)")
     print(describe_plan(cfg, hf, num_nodes=args.nodes, mfu=args.mfu, sampling_mfu=args.sampling_mfu))
     return EXIT_OK
 

@@ -14,6 +14,9 @@ pytest_plugins = ["tests.engines_fixtures"]
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 os.environ.setdefault("PYTHONHASHSEED", "0")
+# No hub cache a developer filled leaks into the tests (opd_megatron/run/fetch.py); tests that
+# need one make their own (qwen3_hub_cache, tests/test_fetch.py). Never created.
+os.environ["OPD_HUB_CACHE"] = f"/tmp/opd-tests-no-hub-cache-{os.getpid()}"
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +40,14 @@ def bpe_tokenizer_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bpe-tokenizer")
     build_tokenizer(bpe_training_text()).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def qwen3_hub_cache(tmp_path_factory) -> Path:
+    """A hub cache holding the Qwen3 recipes' dataset and benchmarks, fetched from the local
+    hub stand-in (tests/hub_standin.py): what `opd fetch` leaves on a cluster's shared disk."""
+    from tests.hub_standin import fill_cache, make_hub_standin
+
+    root = tmp_path_factory.mktemp("qwen3-hub")
+    return fill_cache(make_hub_standin(root / "hub"), root / "cache")
+

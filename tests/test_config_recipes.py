@@ -18,12 +18,13 @@ BIG_MODELS = {"Qwen3-8B-Base-SFT": "qwen3-8b", "Qwen3-8B": "qwen3-8b", "Qwen3-32
 
 
 @pytest.fixture()
-def model_dir(tmp_path, bpe_tokenizer_dir, monkeypatch):
+def model_dir(tmp_path, bpe_tokenizer_dir, qwen3_hub_cache, monkeypatch):
     """OPD_MODEL_DIR with config-only stand-ins of the real Qwen3 checkpoints (real config.json
     shapes; one shared Qwen3-like tokenizer, whose eos is <|endoftext|> in the base-derived
     student as in Qwen3-8B-Base, so the recipes' data.eos_token is what lets them pass; a
     weights file holding only a safetensors header with the embedding's shape): enough for
-    validation, which reads only configs, headers and file layout."""
+    validation, which reads only configs, headers and file layout. The recipes' hub dataset and
+    benchmarks come from a hub cache filled by `opd fetch` from the local hub stand-in."""
     from opd_megatron.plan.flops import NAMED_SHAPES
 
     for dirname, shape_name in BIG_MODELS.items():
@@ -44,6 +45,7 @@ def model_dir(tmp_path, bpe_tokenizer_dir, monkeypatch):
             "data_offsets": [0, 2 * s.vocab_size * s.hidden_size]}}).encode()
         (d / "model-00001-of-00001.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
     monkeypatch.setenv("OPD_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("OPD_HUB_CACHE", str(qwen3_hub_cache))
     monkeypatch.chdir(REPO)
     return tmp_path
 

@@ -57,6 +57,11 @@ class RunConfig:
     """Run this recipe shrunk to this machine through every stage (tiny models of the same
     kind, toy sizes, a stop and resume at step 2); prints what it replaced
     (opd_megatron/run/rehearse.py). ``opd run RECIPE --rehearse``."""
+    hub_cache: Optional[str] = None
+    """The directory ``opd fetch RECIPE`` fills with the recipe's hub datasets, benchmarks and
+    models, and that runs read them from with the hub offline (opd_megatron/run/fetch.py);
+    default ``$OPD_HUB_CACHE``, else ``~/.cache/opd-megatron/hub``. On a cluster: a filesystem
+    the compute nodes share."""
 
 
 @dataclass
@@ -73,6 +78,9 @@ class ModelConfig:
     ``tiny-random-bpe:<teacher|student>`` (random init, Qwen3-like BPE tokenizer)."""
     flops_name: Optional[str] = None
     """Shape name for FLOPs/plan estimates when the config is not readable (e.g. qwen3-8b)."""
+    hub_id: Optional[str] = None
+    """Hub repo of this checkpoint (e.g. Qwen/Qwen3-8B): ``opd fetch RECIPE --models`` downloads
+    it into run.hub_cache, and a run whose ``path`` is not here reads that copy."""
 
 
 RANDOM_PREFIX = "tiny-random:"

@@ -161,8 +161,9 @@ def read_hf_config(model: ModelConfig, role: str, absent_ok: bool = False) -> Op
         if absent_ok:
             raise ConfigError(f"{role}.flops_name: {role}.path {path} is not here and there is no "
                               f"{role}.flops_name to plan from; set it (e.g. qwen3-8b; opd flops -h lists them)")
-        raise ConfigError(f"{role}.path: model directory not found: {path} "
-                          f"(download it or set {role}.prepare to a recipe that builds it)")
+        how = (f"`opd fetch RECIPE --models` puts {model.hub_id} in the hub cache" if model.hub_id
+               else f"download it, or set {role}.prepare to a recipe that builds it")
+        raise ConfigError(f"{role}.path: model directory not found: {path} ({how})")
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise ConfigError(f"{role}.path: {cfg_file} not found; not an HF model directory")
@@ -272,6 +273,8 @@ def preflight(cfg: Config, absent_ok: bool = False) -> Dict[str, Optional[dict]]
     teacher_hf = None
     if needs_teacher_model(cfg):
         teacher_hf = read_hf_config(cfg.teacher, "teacher", absent_ok)
+    if not absent_ok:  # the plan on paper says it instead (opd validate)
+        check_hub(cfg)
     if student_hf is not None:
         check_model_parallel(student_hf, cfg, "student")
     if teacher_hf is not None and cfg.objective.teacher_backend == "megatron":
@@ -285,16 +288,36 @@ def preflight(cfg: Config, absent_ok: bool = False) -> Dict[str, Optional[dict]]
 def load_and_validate(recipe: str, overrides: Sequence[str] = (),
                       absent_ok: bool = False) -> Tuple[Config, Dict[str, Optional[dict]]]:
     """Load a recipe with overrides and run every pre-flight check. Raises ConfigError."""
-    cfg = load_config(recipe, overrides)
-    if cfg.run.rehearse:
-        from opd_megatron.run.rehearse import as_overrides, describe, rehearsal_changes
+    from opd_megatron.run.fetch import cache_changes, cache_dir
+    from opd_megatron.run.rehearse import as_overrides, describe, rehearsal_changes
 
+    cfg = load_config(recipe, overrides)
+    added: List[str] = []
+    cached = cache_changes(cfg)  # hub names the cache holds: read with the hub offline
+    if cached:
+        _announce([*describe(cached, "cache"), f"[cache] read from {cache_dir(cfg)} (opd fetch)"])
+        added += as_overrides(cached)
+        cfg = load_config(recipe, [*overrides, *added])
+    if cfg.run.rehearse:
         changes = rehearsal_changes(cfg)
-        if changes and int(os.environ.get("RANK", "0")) == 0:
-            print("\n".join(describe(changes)), flush=True)
-        cfg = load_config(recipe, [*overrides, *as_overrides(changes)])
+        _announce(describe(changes, "rehearse"))
+        cfg = load_config(recipe, [*overrides, *added, *as_overrides(changes)])
     hf = preflight(cfg, absent_ok)
     return cfg, hf
+
+
+def _announce(lines: Sequence[str]) -> None:
+    if lines and int(os.environ.get("RANK", "0")) == 0:
+        print("\n".join(lines), flush=True)
+
+
+def check_hub(cfg: Config) -> None:
+    """What the run still names on the hub (not cached, not local) is reachable from here."""
+    from opd_megatron.run.fetch import check_reachable
+
+    problem = check_reachable(cfg)
+    if problem:
+        raise ConfigError(problem)
 
 
 def absent_models(cfg: Config) -> List[str]:

@@ -203,8 +203,8 @@ def as_overrides(changes: Sequence[Change]) -> List[str]:
     return [f"{key}={value(new)}" for key, _, new in changes]
 
 
-def describe(changes: Sequence[Change]) -> List[str]:
-    return [f"[rehearse] {key}: {old!r} -> {new!r}" for key, old, new in changes]
+def describe(changes: Sequence[Change], tag: str = "rehearse") -> List[str]:
+    return [f"[{tag}] {key}: {old!r} -> {new!r}" for key, old, new in changes]
 
 
 def drive(cfg: Config, recipe: str, overrides: Sequence[str]) -> int:
