@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# local_slurm.sh: a real two-node Slurm cluster on this one machine (slurmctld, two slurmd
-# named n1 and n2, and munged), so the sbatch path runs for real without an HPC cluster.
+# local_slurm.sh: a real multi-node Slurm cluster on this one machine (slurmctld, one slurmd
+# per node named n1, n2, ..., and munged), so the sbatch path runs for real without an HPC cluster.
 #
-#   launch/local_slurm.sh up       # install packages if missing, start, wait until both nodes are idle
+#   launch/local_slurm.sh up [N]   # install packages if missing, start N nodes (default 2, or the
+#                                  # running cluster's count), wait until all are idle; a running
+#                                  # cluster with another count is stopped and started with N
 #   eval "$(launch/local_slurm.sh env)"   # point sbatch/srun/sinfo at it (sets SLURM_CONF)
 #   launch/local_slurm.sh status   # daemons and sinfo
 #   launch/local_slurm.sh down     # cancel its jobs, stop the daemons by their PID files
@@ -16,18 +18,27 @@
 #
 # Everything it writes lives under $OPD_SLURM_DIR (default /tmp/opd-slurm): slurm.conf, state,
 # spool, logs, PID files and its own munge socket, so it never touches a system munged or
-# slurmctld. The one change outside it is a tagged line "127.0.0.1 n1 n2" in /etc/hosts so the
+# slurmctld. The one change outside it is a tagged line "127.0.0.1 n1 n2 ..." in /etc/hosts so the
 # node names resolve like real hostnames (removed by `down`). Ports: slurmctld
-# $OPD_SLURM_PORT (default 16817), slurmd 16818-16819. `up` is idempotent; `down` only kills
+# $OPD_SLURM_PORT (default 16817), slurmd the N ports after it. `up` is idempotent; `down` only kills
 # PIDs named in its own PID files.
 set -euo pipefail
 
 SLURM_DIR="${OPD_SLURM_DIR:-/tmp/opd-slurm}"
 CTLD_PORT="${OPD_SLURM_PORT:-16817}"
-NODE_NAMES=(n1 n2)
+NODES_FILE="$SLURM_DIR/nodes" # the running cluster's node count (written by `up`)
+MAX_NODES=8
 NODE_CPUS="${OPD_SLURM_NODE_CPUS:-2}"
 NODE_MEMORY_MB="${OPD_SLURM_NODE_MEMORY_MB:-8000}"
-HOSTS_LINE="127.0.0.1 ${NODE_NAMES[*]} # opd-local-slurm $SLURM_DIR"
+# set_nodes N: the node names n1..nN and the /etc/hosts line naming them.
+set_nodes() {
+  local i
+  NODE_NAMES=()
+  for ((i = 1; i <= $1; i++)); do NODE_NAMES+=("n$i"); done
+  HOSTS_LINE="127.0.0.1 ${NODE_NAMES[*]} # opd-local-slurm $SLURM_DIR"
+}
+RUNNING_NODES="$(cat "$NODES_FILE" 2>/dev/null || echo 2)"
+set_nodes "$RUNNING_NODES"
 MUNGE_DIR="$SLURM_DIR/munge"
 CONF="$SLURM_DIR/slurm.conf"
 PACKAGES=(slurmctld slurmd slurm-client munge shellcheck)
@@ -149,10 +160,21 @@ nodes_idle() {
 }
 
 cmd_up() {
+  local want="${1:-$RUNNING_NODES}"
+  if ! [[ "$want" =~ ^[0-9]+$ ]] || ((want < 1 || want > MAX_NODES)); then
+    log "up: the node count must be 1-$MAX_NODES, got '$want' (launch/local_slurm.sh up 3)"
+    exit 2
+  fi
+  if ((want != RUNNING_NODES)) && pid_alive "$SLURM_DIR/run/slurmctld.pid"; then
+    log "up: the running cluster has $RUNNING_NODES node(s); restarting it with $want"
+    cmd_down
+  fi
+  set_nodes "$want"
   install_deps
   mkdir -p "$SLURM_DIR"/{state,spool,run,log}
   for node in "${NODE_NAMES[@]}"; do mkdir -p "$SLURM_DIR/spool/$node"; done
   write_conf
+  echo "${#NODE_NAMES[@]}" >"$NODES_FILE"
   add_hosts_line
   start_munge
   if ! pid_alive "$SLURM_DIR/run/slurmctld.pid"; then
@@ -208,6 +230,7 @@ cmd_down() {
   remove_hosts_line
   # Drop job state so the next `up` starts clean (no jobs resurrected from an old run).
   rm -rf "${SLURM_DIR:?}/state" "${SLURM_DIR:?}/spool"
+  rm -f "$NODES_FILE"
   log "down"
 }
 
@@ -226,13 +249,13 @@ cmd_status() {
 }
 
 case "${1:-}" in
-  up) cmd_up ;;
+  up) cmd_up "${2:-}" ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) echo "export SLURM_CONF=$CONF" ;;
   deps) install_deps ;;
   *)
-    echo "usage: $0 up|down|status|env|deps (OPD_SLURM_DIR=$SLURM_DIR)" >&2
+    echo "usage: $0 up [N]|down|status|env|deps (OPD_SLURM_DIR=$SLURM_DIR)" >&2
     exit 2
     ;;
 esac

@@ -51,7 +51,10 @@ def _ignore_preemption_signal() -> None:
 
 
 def cmd_exports(args: argparse.Namespace) -> int:
-    cfg, _ = load_and_validate(args.recipe, args.overrides)
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is eval'd by opd.sbatch: only the exports
+        cfg, _ = load_and_validate(args.recipe, args.overrides)
     p = _placement(args, cfg)
     from opd_megatron.run.rundir import check_run_dir, run_dir_of
 

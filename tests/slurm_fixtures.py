@@ -1,4 +1,4 @@
-"""A real two-node Slurm cluster for the tests (launch/local_slurm.sh), and job helpers.
+"""A real three-node Slurm cluster for the tests (launch/local_slurm.sh up 3), and job helpers.
 
 The cluster gets its own directory and ports (not the default /tmp/opd-slurm of a developer's
 `launch/local_slurm.sh up`), is started once per session and always brought down.
@@ -19,23 +19,25 @@ REPO = Path(__file__).resolve().parents[1]
 LOCAL_SLURM = REPO / "launch" / "local_slurm.sh"
 TEST_SLURM_DIR = "/tmp/opd-slurm-pytest"
 TEST_SLURM_PORT = "16917"
+NUM_NODES = 3
+"""n1, n2, n3: the Qwen3 recipes' three roles (learner, student servers, teacher servers) one per node."""
 
 
 def _script_env() -> Dict[str, str]:
     return dict(os.environ, OPD_SLURM_DIR=TEST_SLURM_DIR, OPD_SLURM_PORT=TEST_SLURM_PORT)
 
 
-def local_slurm(action: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(LOCAL_SLURM), action], env=_script_env(), capture_output=True,
+def local_slurm(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(LOCAL_SLURM), *args], env=_script_env(), capture_output=True,
                           text=True, timeout=timeout_s)
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Dict[str, str]:
-    """Environment (SLURM_CONF) of a running two-node cluster n1, n2; torn down at the end."""
+    """Environment (SLURM_CONF) of a running three-node cluster n1, n2, n3; torn down at the end."""
     if os.geteuid() != 0:
         pytest.skip("launch/local_slurm.sh needs root (slurmd, munged, apt-get); run the Slurm tests as root")
-    up = local_slurm("up")
+    up = local_slurm("up", str(NUM_NODES))
     try:
         assert up.returncode == 0, f"local_slurm.sh up failed:\n{up.stdout}\n{up.stderr}"
         env = dict(os.environ, SLURM_CONF=f"{TEST_SLURM_DIR}/slurm.conf")

@@ -1,8 +1,9 @@
 """``run.rehearse``: the Qwen3 cluster recipes shrunk to this machine and run through every
 stage (opd_megatron/run/rehearse.py): what it replaces, that it is its own fixed point, the
 one-line refusals, and a real rehearsal end to end (tiny BPE models on real SGLang servers, the
-learner at the recipe's tp 2 with dp 2 on gloo (4 torchrun processes; rank 0 launches the servers), the recipe's distributed weight sync over gloo, a stop
-after step 2 exactly as a preemption, the resume, the in-loop benchmarks from local files)."""
+learner at tp 2 with dp 2 on gloo (4 torchrun processes; rank 0 launches the servers), the
+recipe's distributed weight sync over gloo, a stop after step 2 exactly as a preemption, the
+resume, the in-loop benchmarks from local files)."""
 
 from __future__ import annotations
 
@@ -64,12 +65,13 @@ def test_rehearsal_refusals_are_one_line_and_start_nothing(login_node, capsys):
 
 
 @pytest.mark.slow
-def test_rehearsal_of_the_tml_recipe_runs_every_stage(tmp_path):
-    """`opd run recipes/opd-qwen3-8b-to-8b-base-3n8g.yaml --rehearse` on 2 cores, its data read
-    from the shipped DeepMath-schema sample as a save_to_disk directory."""
-    cmd = [PYTHON, "-m", "opd_megatron", "run", str(REPO / TML), "--rehearse", "run.quiet=true",
-           f"run.output_dir={tmp_path / 'runs'}", "data.source=disk", f"data.path={MATH / 'train_disk'}",
-           "engines.base_port=34100"]
+def test_rehearsal_of_the_32b_recipe_runs_every_stage(tmp_path):
+    """`opd run recipes/opd-qwen3-32b-to-8b-base-4n8g.yaml --rehearse` on 2 cores: its hub
+    dataset (not here) read from the shipped DeepMath-schema sample as jsonl, its four benchmarks
+    from the shipped samples in their public schemas. (The TML recipe's rehearsal, through
+    sbatch with save_to_disk data: tests/test_slurm_opd_job.py.)"""
+    cmd = [PYTHON, "-m", "opd_megatron", "run", str(REPO / QWEN3), "--rehearse", "run.quiet=true",
+           f"run.output_dir={tmp_path / 'runs'}", "engines.base_port=34100"]
     env = dict(os.environ, PYTHONPATH=str(REPO), OPD_MODEL_DIR=str(tmp_path / "models"))
     log = tmp_path / "rehearsal.log"
     t0 = time.perf_counter()
@@ -79,19 +81,23 @@ def test_rehearsal_of_the_tml_recipe_runs_every_stage(tmp_path):
     text = log.read_text()
     assert code == 0, text[-5000:]
     print(f"rehearsal wall time {wall:.0f} s")
-    assert "[rehearse] parallel.dp: 4 -> 2" in text and "[rehearse] data.source" not in text  # disk stays disk
+    assert "[rehearse] parallel.tp: 4 -> 2" in text and "[rehearse] parallel.dp: 4 -> 2" in text
+    assert "[rehearse] data.source: 'hf' -> 'jsonl'" in text
     assert f"stopped after step {STOP_STEP} as a preempted run does; resuming" in text
     assert "resumed from" in text and "[rehearse] every stage ran (4 learner process(es), weight sync distributed" in text
-    run = tmp_path / "runs" / "opd-qwen3-8b-to-8b-base-rehearsal"
+    run = tmp_path / "runs" / "opd-qwen3-32b-to-8b-base-rehearsal"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == [1, 2, 3, 4]  # each step once across the resume
     assert all(r["grad_norm"] > 0 for r in train)  # tp 2 x dp 2 ranks all trained (and exited 0)
-    assert any("aime24_avg_at_k" in r for r in records if r["step"] == STOP_STEP)  # the mid-run eval
+    benchmarks = ("aime24", "aime25", "math500", "gpqa_diamond")
+    mid = [r for r in records if r["step"] == STOP_STEP and "aime24_avg_at_k" in r]
+    assert mid and all(f"{b}_avg_at_k" in mid[0] for b in benchmarks)  # the mid-run eval, every benchmark
     final = records[-1]
-    assert final.get("final") and 0.0 <= final["aime24_avg_at_k"] <= 1.0
+    assert final.get("final") and all(0.0 <= final[f"{b}_avg_at_k"] <= 1.0 for b in benchmarks)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["completed"] and summary["steps"] == 4 and summary["teacher_accuracy"] >= 0.5
     config = (run / "config.yaml").read_text()
     assert "rehearse: true" in config and "weight_sync: distributed" in config and "tp: 2" in config
+    assert "preset: none" in config and "top_k: 20" in config  # the qwen3 preset's sampling, kept
     assert (run / "report.md").is_file() and (run / "hf" / "config.json").is_file()

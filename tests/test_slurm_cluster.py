@@ -1,4 +1,4 @@
-"""The local two-node Slurm cluster itself (launch/local_slurm.sh) and the shell lint.
+"""The local Slurm cluster itself (launch/local_slurm.sh up N) and the shell lint.
 
     flock /tmp/opd-heavy.lock .venv/bin/pytest -q tests/test_slurm_cluster.py
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm_fixtures import REPO, local_slurm, sbatch, slurm_cluster, wait_for_job  # noqa: F401
+from tests.slurm_fixtures import NUM_NODES, REPO, local_slurm, sbatch, slurm_cluster, wait_for_job  # noqa: F401
 
 TWO_NODE_JOB = """#!/bin/bash
 #SBATCH --nodes=2 --time=5
@@ -53,10 +53,12 @@ def test_two_node_job_runs_on_both_nodes(slurm_cluster, tmp_path):
     assert wait_for_job(slurm_cluster, job_id, 30)["NodeList"] == "n[1-2]"
 
 
-def test_up_is_idempotent_and_status_lists_both_nodes(slurm_cluster):
-    again = local_slurm("up")
+def test_up_is_idempotent_and_status_lists_every_node(slurm_cluster):
+    again = local_slurm("up")  # no count: the running cluster's
     assert again.returncode == 0, again.stderr
     status = local_slurm("status")
     assert status.returncode == 0, status.stderr
-    assert "n1" in status.stdout and "n2" in status.stdout and "idle" in status.stdout
-    assert status.stdout.count("running") == 4  # munged, slurmctld, slurmd n1, slurmd n2
+    assert all(f"n{i}" in status.stdout for i in range(1, NUM_NODES + 1)) and "idle" in status.stdout
+    assert status.stdout.count("running") == 2 + NUM_NODES  # munged, slurmctld, one slurmd per node
+    bad = local_slurm("up", "zero")
+    assert bad.returncode == 2 and "node count must be" in bad.stderr

@@ -29,7 +29,7 @@ from tests.slurm_fixtures import REPO, job_info, sbatch, slurm_cluster, wait_for
 
 pytestmark = pytest.mark.slow
 
-NUM_STEPS = 6
+NUM_STEPS = 4
 JOB_TIMEOUT_S = 900
 BASE_PORT = 34600  # away from the engines tests' ports; both fake nodes share this host
 
@@ -136,3 +136,4 @@ def test_bad_override_fails_the_job_with_exit_2_before_any_server_starts(slurm_c
     assert proc.returncode == 2
     assert "rollout.temperature" in job_output(job_root, "bad")
     assert not (job_root / "runs" / "bad").exists()
+

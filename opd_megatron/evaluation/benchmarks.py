@@ -81,6 +81,25 @@ HF_SOURCES = {
 BENCHMARKS = tuple(HF_SOURCES) + ("arithmetic",)
 
 
+def check_eval_benchmarks(benchmarks: Sequence[str], benchmark_files: Dict[str, str]) -> None:
+    """eval.benchmarks are benchmarks; eval.benchmark_files name listed ones and exist."""
+    from pathlib import Path
+
+    for name in benchmarks:
+        if name not in BENCHMARKS:
+            raise ConfigError(f"eval.benchmarks: '{name}' is not a benchmark; choose from: {', '.join(BENCHMARKS)}")
+    for name, path in benchmark_files.items():
+        key = f"eval.benchmark_files.{name}"
+        if name not in BENCHMARKS or name == "arithmetic":
+            files = [b for b in BENCHMARKS if b != "arithmetic"]
+            raise ConfigError(f"{key}: '{name}' is not a benchmark read from a file; choose from: {', '.join(files)}")
+        if name not in benchmarks:
+            raise ConfigError(f"{key}: '{name}' is not in eval.benchmarks ({list(benchmarks)}); add it "
+                              f"there or drop the file")
+        if not Path(str(path)).is_file():
+            raise ConfigError(f"{key}: benchmark file not found: {path!r}")
+
+
 def _math_problems(rows: Sequence[dict], name: str) -> List[EvalProblem]:
     out = []
     for i, row in enumerate(rows):

@@ -320,11 +320,11 @@ def cli_main(argv: Sequence[str]) -> int:
     p.add_argument("--mirror", default=None, help="a directory of hub repo clones to fetch from instead of the hub")
     args = p.parse_intermixed_args(list(argv))  # options before, among or after the overrides
     from opd_megatron.config import load_config, validate
-    from opd_megatron.run.preflight import check_benchmarks
+    from opd_megatron.evaluation.benchmarks import check_eval_benchmarks
 
     cfg = load_config(args.recipe, args.overrides)
     validate(cfg)
-    check_benchmarks(cfg)
+    check_eval_benchmarks(cfg.eval.benchmarks, cfg.eval.benchmark_files)
     hub: Hub
     if args.mirror:
         root = Path(args.mirror).expanduser()

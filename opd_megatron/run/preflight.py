@@ -32,21 +32,9 @@ URL_HEALTH_TIMEOUT_S = 5.0
 
 
 def check_benchmarks(cfg: Config) -> None:
-    from opd_megatron.evaluation.benchmarks import BENCHMARKS
+    from opd_megatron.evaluation.benchmarks import check_eval_benchmarks
 
-    for name in cfg.eval.benchmarks:
-        if name not in BENCHMARKS:
-            raise ConfigError(f"eval.benchmarks: '{name}' is not a benchmark; choose from: {', '.join(BENCHMARKS)}")
-    for name, path in cfg.eval.benchmark_files.items():
-        key = f"eval.benchmark_files.{name}"
-        if name not in BENCHMARKS or name == "arithmetic":
-            files = [b for b in BENCHMARKS if b != "arithmetic"]
-            raise ConfigError(f"{key}: '{name}' is not a benchmark read from a file; choose from: {', '.join(files)}")
-        if name not in cfg.eval.benchmarks:
-            raise ConfigError(f"{key}: '{name}' is not in eval.benchmarks ({cfg.eval.benchmarks}); add it "
-                              f"there or drop the file")
-        if not Path(str(path)).is_file():
-            raise ConfigError(f"{key}: benchmark file not found: {path!r}")
+    check_eval_benchmarks(cfg.eval.benchmarks, cfg.eval.benchmark_files)
 
 
 def check_method(cfg: Config) -> None:
