@@ -162,16 +162,10 @@ def unreachable_reason() -> Optional[str]:
     return None
 
 
-def uncached(cfg: Config) -> List[Need]:
-    """What the run still reads from the hub after ``cache_changes`` (models excluded: a model
-    directory that is not here is refused by its own check)."""
-    return needs(cfg, models=False)
-
-
 def check_reachable(cfg: Config) -> Optional[str]:
     """One line saying what the run needs that is neither cached nor reachable; None when
     everything is cached, local or the hub answers."""
-    missing = uncached(cfg)
+    missing = needs(cfg, models=False)  # a model not here is refused by its own check
     if not missing:
         return None
     reason = unreachable_reason()
