@@ -11,6 +11,8 @@ environment:
                                 after its first tensors are loaded, before the push ends
 ``OPD_FAULT_KILL_IN_CHECKPOINT=N``  SIGKILL this process while writing the step-N
                                 checkpoint (its rank file written, nothing committed)
+``OPD_FAULT_KILL_AFTER_LOG=N``  SIGKILL this process right after step N's metrics.jsonl line
+                                is written, before that step's checkpoint
 ==============================  ===========================================================
 """
 
@@ -30,6 +32,7 @@ class Faults:
     kill_server_at: Dict[str, int] = field(default_factory=dict)
     kill_in_push: Optional[int] = None
     kill_in_checkpoint: Optional[int] = None
+    kill_after_log: Optional[int] = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Faults":
@@ -42,7 +45,8 @@ class Faults:
                    kill_server_at={role: int(at) for role, at in
                                    (item.split("@") for item in kill.split(",") if "@" in item)},
                    kill_in_push=step("OPD_FAULT_KILL_IN_PUSH"),
-                   kill_in_checkpoint=step("OPD_FAULT_KILL_IN_CHECKPOINT"))
+                   kill_in_checkpoint=step("OPD_FAULT_KILL_IN_CHECKPOINT"),
+                   kill_after_log=step("OPD_FAULT_KILL_AFTER_LOG"))
 
 
 FAULTS = Faults.from_env(os.environ)
@@ -62,6 +66,12 @@ def in_push(version: int) -> None:
 def in_checkpoint(step: int) -> None:
     """Hook inside a checkpoint write (learner/checkpoint.py)."""
     if FAULTS.kill_in_checkpoint == step:
+        _kill_self()
+
+
+def after_log(step: int) -> None:
+    """Hook after a step's metrics line, before its checkpoint (opd_megatron/run/loop.py)."""
+    if FAULTS.kill_after_log == step:
         _kill_self()
 
 

@@ -28,12 +28,11 @@ import urllib.error
 import urllib.request
 from typing import Optional, Sequence
 
-from opd_megatron.config import load_config
 from opd_megatron.config.layout import server_seed
 from opd_megatron.config.schema import Config
 from opd_megatron.errors import ConfigError, RuntimeFailure
 from opd_megatron.plan.placement import Placement, plan, shell_exports
-from opd_megatron.run.preflight import load_and_validate
+from opd_megatron.run.preflight import load_and_validate, resolve_config
 
 
 def _placement(args: argparse.Namespace, cfg: Config) -> Placement:
@@ -85,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Exec one SGLang server with the engines launcher's command line (same flags as `opd run`)."""
     from opd_megatron.engines import launcher
 
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = resolve_config(args.recipe, args.overrides, announce=False)  # as `opd run` resolves it
     p = _placement(args, cfg)
     servers = {"student": p.student, "teacher": p.teacher}[args.role]
     if args.index >= len(servers):
@@ -116,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_router(args: argparse.Namespace) -> int:
     from opd_megatron.engines.launcher import build_router_command
 
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = resolve_config(args.recipe, args.overrides, announce=False)  # as `opd run` resolves it
     p = _placement(args, cfg)
     if p.router is None:
         raise ConfigError("engines.router: this plan has no router (needs engines.router=true and >1 student server)")

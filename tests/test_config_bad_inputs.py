@@ -111,8 +111,38 @@ CASES = [
     ("lora-rank-negative", ["lora.rank=-1"], None, "lora.rank"),
     ("lora-alpha-zero", ["lora.rank=8", "lora.alpha=0"], None, "lora.alpha"),
     ("lora-target-unknown", ["lora.rank=8", "lora.targets=[q_proj]"], None, "lora.targets"),
+    ("lr-inf", ["optim.lr=.inf"], None, "optim.lr"),
+    ("startup-timeout-inf", ["engines.startup_timeout_s=.inf"], None, "engines.startup_timeout_s"),
+    ("temperature-nan", ["rollout.temperature=.nan"], None, "rollout.temperature"),
+    ("prepare-over-a-user-model", ["student.prepare=tiny-random:student"],
+     lambda d: (d / "student" / ".opd-prepare.json").unlink(missing_ok=True), "student.prepare=null"),
     ("lora-target-twice", ["lora.rank=8", "lora.targets=[linear_qkv,linear_qkv]"], None, "lora.targets"),
 ]
+
+
+# Each ranged field just past its bound (or at it, where the bound is open), written out here, not
+# derived from the schema's predicates: (dotted key, bad value).
+EDGES = [
+    ("run.seed", "-1"), ("run.num_steps", "0"), ("run.log_interval", "0"), ("data.num_heldout", "-1"),
+    ("data.min_ops", "0"), ("data.num_sft_samples", "0"), ("data.num_facts", "901"),
+    ("data.facts_per_document", "0"), ("rollout.prompts_per_step", "0"), ("rollout.samples_per_prompt", "0"),
+    ("rollout.max_new_tokens", "0"), ("rollout.top_p", "0"), ("rollout.top_k", "-2"),
+    ("objective.kl_coef", "-0.1"), ("objective.reward_weight", "-1"), ("objective.jsd_beta", "1.1"),
+    ("objective.teacher_top_k", "-1"), ("objective.is_cap", "0.5"), ("objective.clip_eps", "1"),
+    ("objective.teacher_temperature", "0"), ("optim.min_lr", "-1e-5"), ("optim.warmup_steps", "-1"),
+    ("optim.weight_decay", "-0.1"), ("optim.beta1", "1"), ("optim.eps", "0"), ("optim.grad_clip", "-1"),
+    ("parallel.dp", "0"), ("parallel.microbatch_tokens", "0"), ("engines.student.num_servers", "0"),
+    ("engines.student.mem_fraction", "0"), ("engines.teacher.mem_fraction", "1.5"),
+    ("engines.student.max_total_tokens", "255"), ("engines.teacher.num_servers", "0"),
+    ("engines.base_port", "65001"), ("engines.startup_timeout_s", "0"), ("engines.request_timeout_s", "-1"),
+    ("engines.max_retries", "-1"), ("engines.max_concurrency", "0"), ("eval.interval", "-1"),
+    ("eval.num_prompts", "0"), ("eval.samples_per_prompt", "0"), ("eval.temperature", "-0.5"),
+    ("eval.top_p", "1.01"), ("eval.max_new_tokens", "0"), ("checkpoint.interval", "-2"),
+    ("cluster.num_nodes", "0"), ("cluster.gpus_per_node", "-1"), ("cluster.signal_s", "-1"),
+    ("continual.rounds", "0"), ("continual.midtrain_lr", "0"), ("objective.discount", "-0.01"),
+    ("optim.lr", "nan"), ("rollout.top_p", ".inf"), ("objective.kl_coef", "-.inf"),
+]
+CASES += [(f"edge-{key}={bad}", [f"{key}={bad}"], None, key) for key, bad in EDGES]
 
 
 @pytest.mark.parametrize("case_id,overrides,setup,needle", CASES, ids=[c[0] for c in CASES])
@@ -135,12 +165,15 @@ FILE_CASES = [
     ("recipe-bad-yaml", "bad.yaml", "run: {name: [unclosed\n", "bad.yaml"),
     ("recipe-not-mapping", "list.yaml", "- a\n- b\n", "list.yaml"),
     ("base-missing", "child.yaml", "base: nope.yaml\n", "nope.yaml"),
+    ("recipe-binary", "model.yaml", b"\x80\x04\x95binary", "not a text file"),
 ]
 
 
 @pytest.mark.parametrize("case_id,name,text,needle", FILE_CASES, ids=[c[0] for c in FILE_CASES])
 def test_bad_recipe_files(env, capsys, case_id, name, text, needle):
-    if text is not None:
+    if isinstance(text, bytes):
+        (env / name).write_bytes(text)
+    elif text is not None:
         (env / name).write_text(text)
     assert main(["validate", name]) == 2
     err = capsys.readouterr().err.strip()
@@ -166,5 +199,32 @@ def test_cli_subprocess_no_traceback(env):
     assert lines == [lines[0]] and "optim.lr" in lines[0] and "Traceback" not in proc.stderr
 
 
-def test_catalogue_size():
-    assert len(CASES) + len(FILE_CASES) + 1 >= 40
+def test_prepare_never_replaces_what_it_did_not_build(env, capsys):
+    """A model directory without prepare's stamp is refused, not rebuilt, and stays as it was;
+    one prepare built (stamped, an older recipe) is rebuilt in place; an empty one is built into."""
+    from opd_megatron.config.schema import ModelConfig
+    from opd_megatron.errors import ConfigError
+    from opd_megatron.run.prepare import STAMP, ensure_model
+
+    (env / "student" / STAMP).unlink(missing_ok=True)
+    before = {p.name: p.read_bytes() for p in (env / "student").iterdir()}
+    assert main(["run", "recipe.yaml", "student.prepare=tiny-random:student"]) == 2
+    assert "student.prepare=null" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"^student\.path: .* holds files student\.prepare did not build"):
+        ensure_model(ModelConfig(path=str(env / "student"), prepare="tiny-random:student"), "student", None)
+    assert {p.name: p.read_bytes() for p in (env / "student").iterdir()} == before
+    ours = ModelConfig(path=str(env / "built"), prepare="tiny-random:student")
+    (env / "built").mkdir()
+    assert ensure_model(ours, "student", None) and not ensure_model(ours, "student", None)
+    (env / "built" / STAMP).write_text(json.dumps({"hash": "older", "prepare": "tiny-random:student"}))
+    assert ensure_model(ours, "student", None)  # its own, stale: rebuilt
+    assert json.loads((env / "built" / STAMP).read_text())["hash"] != "older"
+    assert sorted(p.name for p in env.iterdir() if p.name.startswith(".")) == []  # no temporary left
+
+
+def test_catalogue_size_is_what_the_readme_says():
+    import re
+
+    size = len(CASES) + len(FILE_CASES) + 1
+    claimed = re.search(r"\| bad recipe, key, value, [^|]*\((\d+) cases\)", (REPO / "README.md").read_text())
+    assert claimed and int(claimed[1]) == size >= 100, (claimed and claimed[1], size)

@@ -1,8 +1,10 @@
 """Fault injection against one uninterrupted reference run (real SGLang servers, the shared
 session fixtures, and the real learner); each faulted run must end bit-identical to it:
 
-- the learner SIGKILLed at 5 random points (mid-step, mid-sync, wherever the signal lands),
-  the same command rerun after each;
+- the learner SIGKILLed at 5 random points (mid-step, mid-sync, wherever the signal lands) and
+  once between a step's metrics line and its checkpoint, with a checkpoint every 3 steps (so a
+  resume replays steps), the same command rerun after each, then rerun once more when finished:
+  metrics.jsonl ends equal to the uninterrupted run's, each step once (timings aside);
 - SIGKILL inside a checkpoint write: the previous checkpoint stays intact and is resumed;
 - SIGKILL inside a weight push: the session it left open on the student server is closed;
 - a full disk while writing a checkpoint (a real size-limited tmpfs): a one-line error, exit 1,
@@ -50,6 +52,13 @@ def _start(cmd, cwd: Path, log: Path) -> subprocess.Popen:
         return subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
+def _records(run_dir: Path) -> list:
+    """metrics.jsonl without the wall-clock fields."""
+    timing = {"stage_seconds", "tokens_per_s"}
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+
+
 def _weights(run_dir: Path):
     from safetensors.torch import load_file
 
@@ -81,9 +90,13 @@ def test_sigkill_at_random_points_then_resume_is_bit_exact(engine_models, studen
                                                            reference, tmp_path):
     log = tmp_path / "runs.log"
     rng = random.Random(20261201)
-    cmd = _command(engine_models, student_server, teacher_server, "killed")
+    cmd = _command(engine_models, student_server, teacher_server, "killed", "checkpoint.interval=3")
     metrics = tmp_path / "runs" / "killed" / "metrics.jsonl"
-    killed_at = []
+    with log.open("a") as out:  # killed after step 5's line, before anything checkpoints it (step 3 does)
+        code = subprocess.run(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, timeout=600,
+                              env=dict(os.environ, PYTHONPATH=str(REPO), OPD_FAULT_KILL_AFTER_LOG="5")).returncode
+    assert code == -signal.SIGKILL and _last_step(metrics) == 5, log.read_text()[-3000:]
+    killed_at = [5]
     for _ in range(5):
         # Each (re)start must resume and log one more step; then SIGKILL after a random delay,
         # which lands anywhere in the next step (rollout, scoring, training, sync, checkpoint).
@@ -97,13 +110,17 @@ def test_sigkill_at_random_points_then_resume_is_bit_exact(engine_models, studen
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         killed_at.append(_last_step(metrics))
-    final = _start(cmd, tmp_path, log)
-    assert final.wait(timeout=600) == 0, log.read_text()[-3000:]
-    assert log.read_text().count("resumed from") >= 5  # every rerun after the first kill resumed
+    for _ in range(2):  # to the end, then the finished run once more
+        final = _start(cmd, tmp_path, log)
+        assert final.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert log.read_text().count("resumed from") >= 6  # every rerun resumed
     assert killed_at[-1] < NUM_STEPS
     summary = json.loads((tmp_path / "runs/killed/summary.json").read_text())
     assert summary["completed"] and summary["steps"] == NUM_STEPS
     _assert_same_weights(reference, tmp_path / "runs/killed", f"kills at {killed_at}")
+    records = _records(tmp_path / "runs/killed")
+    assert [r["step"] for r in records] == list(range(NUM_STEPS + 1)) + [NUM_STEPS]  # step 0, 1..14, final
+    assert records == _records(reference), f"metrics.jsonl differs from the uninterrupted run's after kills at {killed_at}"
 
 
 def test_sigkill_inside_a_checkpoint_write_keeps_and_resumes_the_previous_one(

@@ -17,6 +17,7 @@ requeue, restore (model, optimizer, RNG, data cursor) and re-sync of the restart
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -137,3 +138,44 @@ def test_bad_override_fails_the_job_with_exit_2_before_any_server_starts(slurm_c
     assert "rollout.temperature" in job_output(job_root, "bad")
     assert not (job_root / "runs" / "bad").exists()
 
+
+
+REHEARSAL_PORT = 34700
+TML = "recipes/opd-qwen3-8b-to-8b-base-3n8g.yaml"
+
+
+def test_sbatch_rehearsal_of_the_tml_recipe_places_three_roles_on_three_nodes(slurm_cluster, job_root):
+    """`sbatch --wait slurm/opd_qwen3.sh run.rehearse=true` with the TML recipe and its data as a
+    `save_to_disk` copy: the learner, student servers and teacher servers each on their own node
+    of three, the learner at tp 2 x dp 2 (4 processes), the distributed weight sync, the stop after
+    step 2 as a preemption resumed by the job's own requeue, the benchmarks and the report."""
+    root = job_root / "rehearsal"
+    root.mkdir()
+    args = ["--nodes=3", "--gpus-per-node=0", "--time=30", f"--output={root}/rehearsal-%j.out",
+            "slurm/opd_qwen3.sh", "run.rehearse=true", f"run.output_dir={root}/runs", "run.quiet=true",
+            "data.source=disk", "data.path=assets/data/math-tiny/train_disk", f"engines.base_port={REHEARSAL_PORT}"]
+    extra = {"RECIPE": TML, "OPD_PYTHON": sys.executable, "OPD_MODEL_DIR": str(root / "no-models")}
+    job_id, proc = sbatch(slurm_cluster, args, wait=True, timeout_s=JOB_TIMEOUT_S, extra_env=extra)
+    out = "\n".join(p.read_text(errors="replace") for p in sorted(root.glob("rehearsal-*.out")))
+    runs = sorted((root / "runs").glob("*")) if (root / "runs").is_dir() else []
+    assert len(runs) == 1, f"{runs}\n{out[-4000:]}"
+    run_dir = runs[0]
+    assert proc.returncode == 0, out[-4000:] + read_log(run_dir, "slurm-learner-*")[-4000:]
+    info = job_info(slurm_cluster, job_id)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", info
+    assert info["NodeList"] == "n[1-3]", info
+    assert "[rehearse] parallel.dp: 4 -> 2" in out and "preempted: checkpoint written; requeueing" in out
+    learner_node = re.search(r"\[learner\.sh\] node (n\d): 4 process\(es\)", read_log(run_dir, "slurm-learner-*.r0.log"))
+    student_node = re.search(r"student server 0 on (n\d)", read_log(run_dir, "slurm-student-0.r0.log"))
+    teacher_node = re.search(r"teacher server 0 on (n\d)", read_log(run_dir, "slurm-teacher-0.r0.log"))
+    assert learner_node and student_node and teacher_node, out[-3000:]
+    assert {learner_node[1], student_node[1], teacher_node[1]} == {"n1", "n2", "n3"}  # one role per node
+    assert "resumed from" in read_log(run_dir, "slurm-learner-*.r1.log")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]  # each step once across the requeue
+    assert records[-1].get("final") and "aime24_avg_at_k" in records[-1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["completed"] and summary["steps"] == 4
+    config = (run_dir / "config.yaml").read_text()
+    assert "source: disk" in config and "weight_sync: distributed" in config and "rehearse: true" in config
+    assert (run_dir / "report.md").is_file()

@@ -60,7 +60,11 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path} (give a path to a YAML file in recipes/)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); give a YAML recipe") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""

@@ -10,7 +10,9 @@ depends on the method lives in ``opd_megatron.run.preflight``, which runs this f
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import math
+from typing import Any, Iterator, Tuple
 
 from opd_megatron.config.schema import CHOICES, LORA_TARGETS, RANGES, Config
 from opd_megatron.errors import ConfigError
@@ -30,8 +32,32 @@ def check_choices(cfg: Config) -> None:
             raise ConfigError(f"{key}: '{value}' is not allowed; choose one of: {', '.join(allowed)}")
 
 
+def _numbers(node: Any, prefix: str = "") -> Iterator[Tuple[str, float]]:
+    """Every float in the config (dataclass fields, lists, dicts) with its dotted key."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            yield from _numbers(getattr(node, f.name), f"{prefix}.{f.name}" if prefix else f.name)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _numbers(v, f"{prefix}.{k}")
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _numbers(v, f"{prefix}[{i}]")
+    elif isinstance(node, float):
+        yield prefix, node
+
+
+def check_finite(cfg: Config) -> None:
+    """No inf or nan anywhere: every number in a config is meant finite (an ``inf`` learning rate
+    would pass ``> 0`` and skip every step; an ``inf`` timeout would wait forever)."""
+    for key, value in _numbers(cfg):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number (got {value})")
+
+
 def check_ranges(cfg: Config) -> None:
     """Each field's range (schema order; the first failure is reported), then ordered pairs."""
+    check_finite(cfg)
     for key, allowed, ok in RANGES:
         value = _get(cfg, key)
         if not ok(value):

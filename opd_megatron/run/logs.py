@@ -1,7 +1,9 @@
 """Run logs: stage timers, metrics.jsonl + TensorBoard events, and the live progress line.
 
 Each step appends one JSON object to ``metrics.jsonl`` (schema and reader in
-opd_megatron.report.metrics) and the same scalars to TensorBoard. The progress display is a
+opd_megatron.report.metrics) and the same scalars to TensorBoard. A resume first rewinds both
+to the checkpoint's step (``MetricsWriter.rewind``): the steps it replays are written again, so
+after any kill and resume the file holds each step once. The progress display is a
 rich live bar (step, reverse KL, accuracy, tokens/s, ETA) on a terminal unless ``run.quiet``;
 otherwise one plain line per logged step.
 """
@@ -9,6 +11,7 @@ otherwise one plain line per logged step.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -55,19 +58,46 @@ class MetricsWriter:
                                       TextColumn("{task.fields[info]}"), TimeRemainingColumn())
             self._task = self._progress.add_task("train", total=num_steps, info="")
             self._progress.start()
+        self._tb_dir = run_dir / "tensorboard"
         self._tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        self._purge_step: Optional[int] = None
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        except ImportError:  # tensorboard is a dependency; keep logs working without it
-            self._tb = None
+    def rewind(self, step: Optional[int]) -> int:
+        """Make the logs what they were after ``step``, the step a resume starts from (None: no
+        checkpoint, nothing kept): later records, final records and a line torn by a kill are
+        dropped (the run writes them again), atomically. Returns how many lines were dropped."""
+        self._purge_step = (step or 0) + 1  # TensorBoard drops its events from this step on
+        if not self.path.is_file():
+            return 0
+        lines = self.path.read_text().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if step is not None and isinstance(r, dict) and int(r.get("step", 0)) <= step and not r.get("final"):
+                kept.append(line)
+        if len(kept) < len(lines):
+            tmp = self.path.with_name(f".{self.path.name}.rewind")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        return len(lines) - len(kept)
+
+    def _tensorboard(self):
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a dependency; keep logs working without it
+                return None
+            self._tb = SummaryWriter(log_dir=str(self._tb_dir), purge_step=self._purge_step)
+        return self._tb
 
     def write(self, record: Dict, print_line: bool = True) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
         step = int(record.get("step", 0))
-        if self._tb is not None:
+        if self._tensorboard() is not None:
             for k, v in _flatten(record).items():
                 if isinstance(v, (int, float)) and k != "step":
                     self._tb.add_scalar(k, v, step)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
+from opd_megatron import faults
 from opd_megatron.config.schema import Config
 from opd_megatron.errors import EXIT_OK, EXIT_PREEMPTED, RuntimeFailure
 from opd_megatron.methods import full_vocab_kl, method_of
@@ -48,6 +49,7 @@ def run(c: Components) -> int:
     """The whole run; returns its exit code (EXIT_PREEMPTED: checkpointed early, rerun to resume)."""
     cfg, state = c.cfg, c.state
     start = state.resume(c)
+    c.log.rewind(start if start > 0 else None)  # the steps it replays are logged again, once
     if start > 0 or c.external_servers:  # servers started elsewhere (or before a requeue) may hold other weights
         c.sync(start)
     if not state.before:
@@ -63,7 +65,8 @@ def run(c: Components) -> int:
     with c.timer.stage("eval"):
         state.after = c.evaluate(state.step)
     with c.timer.stage("checkpoint"):
-        state.checkpoint(c, state.step)
+        if state.saved_step != state.step:  # the last step's own checkpoint is the final one
+            state.checkpoint(c, state.step)
         if cfg.checkpoint.export_hf:
             c.learner.export_hf(c.export_dir)
     c.log.write({"step": state.step, **state.after, "flops": c.flops.as_dict(), "final": True})
@@ -107,12 +110,16 @@ def train(c: Components, start_step: int) -> int:
         if cfg.eval.interval and step % cfg.eval.interval == 0 and step < cfg.run.num_steps:
             with c.timer.stage("eval"):
                 record.update(c.evaluate(step))
+        record.update(flops=c.flops.as_dict(), stage_seconds=c.timer.pop_step(), num_skipped=c.num_skipped,
+                      tokens_per_s=batch.num_tokens / max(time.perf_counter() - t0, 1e-9))
+        # The line first, then the checkpoint: a kill between the two resumes from the previous
+        # checkpoint, which rewinds the line away and writes it again (the checkpoint's time is
+        # in the next step's stage_seconds).
+        c.log.write(record, print_line=step % cfg.run.log_interval == 0)
+        faults.after_log(step)
         if (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0) or _stopping(c, step):
             with c.timer.stage("checkpoint"):
                 c.state.checkpoint(c, step)
-        record.update(flops=c.flops.as_dict(), stage_seconds=c.timer.pop_step(), num_skipped=c.num_skipped,
-                      tokens_per_s=batch.num_tokens / max(time.perf_counter() - t0, 1e-9))
-        c.log.write(record, print_line=step % cfg.run.log_interval == 0)
         if _stopping(c, step):
             return step
     return step

@@ -140,6 +140,10 @@ def read_hf_config(model: ModelConfig, role: str, absent_ok: bool = False) -> Op
         raise ConfigError(f"{role}.path: missing; set it to an HF model directory "
                           f"(config.json + weights + tokenizer)")
     path = Path(model.path)
+    if model.prepare and path.exists():
+        reason = unsafe_target(model, role)
+        if reason:
+            raise ConfigError(reason)
     if not path.exists():
         if model.prepare:
             check_prepare(model, role)
@@ -194,6 +198,32 @@ def embedding_rows(path: Path, role: str) -> Optional[int]:
         if isinstance(entry, dict) and entry.get("shape"):
             return int(entry["shape"][0])
     return None
+
+
+STAMP = ".opd-prepare.json"
+"""What ``prepare`` (opd_megatron/run/prepare.py) writes into each directory it builds."""
+
+
+def stamp_of(path: Path) -> Optional[dict]:
+    """What ``prepare`` wrote into a directory it built (None: it did not build it)."""
+    try:
+        stamp = json.loads((Path(path) / STAMP).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def unsafe_target(model: ModelConfig, role: str) -> Optional[str]:
+    """Why ``prepare`` must not build at ``model.path`` (None: it may): it builds only where
+    nothing is, into an empty directory, or over a directory it built itself."""
+    path = Path(model.path)
+    if not model.prepare or not path.exists():
+        return None
+    if path.is_dir() and (stamp_of(path) is not None or not any(path.iterdir())):
+        return None
+    return (f"{role}.path: {path} holds files {role}.prepare did not build (no {STAMP}), and it "
+            f"would be rebuilt there; set {role}.prepare=null to use it as it is, or point "
+            f"{role}.path at a new directory")
 
 
 def check_prepare(model: ModelConfig, role: str) -> None:
@@ -273,23 +303,33 @@ def preflight(cfg: Config, absent_ok: bool = False) -> Dict[str, Optional[dict]]
     return {"student": student_hf, "teacher": teacher_hf}
 
 
-def load_and_validate(recipe: str, overrides: Sequence[str] = (),
-                      absent_ok: bool = False) -> Tuple[Config, Dict[str, Optional[dict]]]:
-    """Load a recipe with overrides and run every pre-flight check. Raises ConfigError."""
+def resolve_config(recipe: str, overrides: Sequence[str] = (), announce: bool = True) -> Config:
+    """The recipe with overrides, then what the hub cache holds (read with the hub offline) and,
+    under ``run.rehearse``, the rehearsal's replacements: the config every step of a run uses
+    (``opd run``, and a Slurm job's servers). ``announce`` prints each replaced key."""
     from opd_megatron.run.fetch import cache_changes, cache_dir
     from opd_megatron.run.rehearse import as_overrides, describe, rehearsal_changes
 
+    say = _announce if announce else (lambda lines: None)
     cfg = load_config(recipe, overrides)
     added: List[str] = []
-    cached = cache_changes(cfg)  # hub names the cache holds: read with the hub offline
+    cached = cache_changes(cfg)
     if cached:
-        _announce([*describe(cached, "cache"), f"[cache] read from {cache_dir(cfg)} (opd fetch)"])
+        say([*describe(cached, "cache"), f"[cache] read from {cache_dir(cfg)} (opd fetch)"])
         added += as_overrides(cached)
         cfg = load_config(recipe, [*overrides, *added])
     if cfg.run.rehearse:
         changes = rehearsal_changes(cfg)
-        _announce(describe(changes, "rehearse"))
+        say(describe(changes, "rehearse"))
         cfg = load_config(recipe, [*overrides, *added, *as_overrides(changes)])
+    return cfg
+
+
+def load_and_validate(recipe: str, overrides: Sequence[str] = (),
+                      absent_ok: bool = False) -> Tuple[Config, Dict[str, Optional[dict]]]:
+    """Load a recipe with overrides (``resolve_config``) and run every pre-flight check.
+    Raises ConfigError."""
+    cfg = resolve_config(recipe, overrides)
     hf = preflight(cfg, absent_ok)
     return cfg, hf
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from opd_megatron.config.load import read_recipe_layers
 from opd_megatron.config.schema import RANDOM_BPE_PREFIX, RANDOM_PREFIX, RANDOM_PREFIXES, ModelConfig
-from opd_megatron.run.preflight import load_and_validate
+from opd_megatron.errors import ConfigError
+from opd_megatron.run.preflight import STAMP, load_and_validate, stamp_of, unsafe_target
 
-STAMP = ".opd-prepare.json"
 BPE_CORPUS_SEED = 20251202
 BPE_CORPUS_ROWS = 3000
 """The BPE tokenizer is learnt from the questions and solutions of these generated math rows."""
@@ -66,34 +67,47 @@ def is_prepared(model: ModelConfig) -> bool:
         return False
     if not model.prepare:
         return True
-    stamp = path / STAMP
-    return stamp.is_file() and json.loads(stamp.read_text()).get("hash") == prepare_hash(model.prepare)
+    stamp = stamp_of(path)
+    return stamp is not None and stamp.get("hash") == prepare_hash(model.prepare)
 
 
 def ensure_model(model: ModelConfig, role: str, run_recipe: Callable[[str], Path]) -> bool:
     """Build ``model.path`` if needed; returns True when something was built.
 
-    ``run_recipe(recipe) -> hf_dir`` runs a prepare recipe and returns its exported model.
+    ``run_recipe(recipe) -> hf_dir`` runs a prepare recipe and returns its exported model. The
+    build goes to a fresh temporary directory beside ``model.path`` and is renamed into place
+    whole; what was at ``model.path`` is replaced only when ``prepare`` built it (or it is empty).
     """
     if is_prepared(model) or not model.prepare:
         return False
+    reason = unsafe_target(model, role)
+    if reason:
+        raise ConfigError(reason)
     from opd_megatron.models import tiny, tiny_bpe
 
     spec, dst = model.prepare, Path(model.path)
     digest = prepare_hash(spec)
     seed = int(digest[:8], 16) % (2**31)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shapes = {"teacher": tiny.TEACHER_SHAPE, "student": tiny.STUDENT_SHAPE}
-    if spec.startswith(RANDOM_BPE_PREFIX):
-        tiny_bpe.save_random_bpe_model(tmp, shapes[spec[len(RANDOM_BPE_PREFIX):]], seed, bpe_training_text())
-    elif spec.startswith(RANDOM_PREFIX):
-        tiny.save_random_model(tmp, shapes[spec[len(RANDOM_PREFIX):]], seed=seed)
-    else:
-        print(f"[prepare] {role}: building {dst} with {spec} (cached afterwards)", flush=True)
-        shutil.copytree(run_recipe(spec), tmp)
-    (tmp / STAMP).write_text(json.dumps({"hash": digest, "prepare": spec}, indent=1))
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.prepare-", dir=dst.parent))
+    try:
+        shapes = {"teacher": tiny.TEACHER_SHAPE, "student": tiny.STUDENT_SHAPE}
+        if spec.startswith(RANDOM_BPE_PREFIX):
+            tiny_bpe.save_random_bpe_model(tmp, shapes[spec[len(RANDOM_BPE_PREFIX):]], seed, bpe_training_text())
+        elif spec.startswith(RANDOM_PREFIX):
+            tiny.save_random_model(tmp, shapes[spec[len(RANDOM_PREFIX):]], seed=seed)
+        else:
+            print(f"[prepare] {role}: building {dst} with {spec} (cached afterwards)", flush=True)
+            shutil.copytree(run_recipe(spec), tmp, dirs_exist_ok=True)
+        (tmp / STAMP).write_text(json.dumps({"hash": digest, "prepare": spec}, indent=1))
+        old = None
+        if dst.exists():  # built by prepare (stamped) or empty: unsafe_target said so
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.replaced-", dir=dst.parent))
+            dst.rename(old / dst.name)
+        tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
     return True

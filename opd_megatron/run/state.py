@@ -17,6 +17,8 @@ class RunState:
         self.before: Dict[str, Any] = {}
         self.after: Dict[str, Any] = {}
         self.step = 0
+        self.saved_step: Optional[int] = None
+        """The step of the checkpoint this process last wrote or resumed from."""
         self.completed = False
 
     def checkpoint(self, c: Any, step: int) -> None:
@@ -28,6 +30,7 @@ class RunState:
             self.learner.save_checkpoint(target, extra)
         except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
             raise checkpoint_write_error(target, exc, rundir.latest_checkpoint(self.run_dir)) from exc
+        self.saved_step = step
         rundir.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
 
     def resume(self, c: Any) -> int:
@@ -36,7 +39,7 @@ class RunState:
         if ckpt is None:
             return 0
         extra = self.learner.load_checkpoint(ckpt)
-        self.step = int(extra["step"])
+        self.step = self.saved_step = int(extra["step"])
         self.prompts.seek(int(extra["cursor"]))
         self.flops.load_state_dict(extra["flops"])
         self.before = dict(extra.get("before") or {})
