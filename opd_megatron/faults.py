@@ -4,7 +4,10 @@ Unset (the normal case) every hook here is a no-op. The tests set them in a subp
 environment:
 
 ==============================  ===========================================================
-``OPD_FAULT_NAN_TEACHER_AT=N``  the N-th training scoring call returns NaN teacher logprobs
+``OPD_FAULT_POISON=...``        ``teacher_nan@3,teacher_inf@4,loss_nan@5,grad_inf@6``: the
+                                N-th training scoring call returns NaN / inf teacher logprobs;
+                                the N-th learner step's loss is NaN (its backward runs) / one
+                                gradient element is inf after the backward
 ``OPD_FAULT_KILL_SERVER=...``   ``student@3,teacher@5``: SIGKILL that role's first launched
                                 server 0.1 s into the named training step's call to it
 ``OPD_FAULT_KILL_IN_PUSH=N``    SIGKILL this process inside the push of weight version N,
@@ -28,7 +31,7 @@ from typing import Dict, Iterator, Mapping, Optional
 
 @dataclass
 class Faults:
-    nan_teacher_at: int = 0
+    poison: Dict[str, int] = field(default_factory=dict)
     kill_server_at: Dict[str, int] = field(default_factory=dict)
     kill_in_push: Optional[int] = None
     kill_in_checkpoint: Optional[int] = None
@@ -41,7 +44,8 @@ class Faults:
             return int(raw) if raw.strip() else None
 
         kill = env.get("OPD_FAULT_KILL_SERVER", "")
-        return cls(nan_teacher_at=step("OPD_FAULT_NAN_TEACHER_AT") or 0,
+        poison = env.get("OPD_FAULT_POISON", "")
+        return cls(poison={kind: int(at) for kind, at in (item.split("@") for item in poison.split(",") if "@" in item)},
                    kill_server_at={role: int(at) for role, at in
                                    (item.split("@") for item in kill.split(",") if "@" in item)},
                    kill_in_push=step("OPD_FAULT_KILL_IN_PUSH"),
@@ -75,9 +79,9 @@ def after_log(step: int) -> None:
         _kill_self()
 
 
-def nan_teacher(num_scored: int) -> bool:
-    """The training scoring call number ``num_scored`` (1-based) is to be poisoned."""
-    return FAULTS.nan_teacher_at == num_scored
+def poisoned(kind: str, call: int) -> bool:
+    """Call number ``call`` (1-based) of the kind's stage is to be poisoned with ``kind``."""
+    return FAULTS.poison.get(kind) == call
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 
 from opd_megatron.config.layout import server_seed
 from opd_megatron.config.schema import Config
+from opd_megatron.engines.apikey import KEY_FILE_ENV, configured_key, is_loopback, keyed_command
 from opd_megatron.errors import ConfigError, RuntimeFailure
 from opd_megatron.plan.placement import Placement, plan, shell_exports
 from opd_megatron.run.preflight import load_and_validate, resolve_config
@@ -40,6 +41,17 @@ def _placement(args: argparse.Namespace, cfg: Config) -> Placement:
     if not nodes:
         raise ConfigError("--nodes: empty node list (run inside a Slurm job or pass --nodes)")
     return plan(cfg, nodes)
+
+
+def _job_key(cfg: Config, p: Placement) -> Optional[str]:
+    """The job's API key (engines.api_key_env, or the file opd.sbatch made); servers bound beyond
+    loopback are never started without one."""
+    key = configured_key(cfg.engines)
+    if key is None and not is_loopback(p.profile.bind_host):
+        raise ConfigError(f"engines.api_key_env: servers would listen on {p.profile.bind_host} with no API key; "
+                          f"run them through slurm/opd.sbatch (it makes one per job, ${KEY_FILE_ENV}) or "
+                          f"set engines.api_key_env")
+    return key
 
 
 def _ignore_preemption_signal() -> None:
@@ -98,13 +110,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         launcher.check_gpu_stack()
     seed = server_seed(cfg.run.seed, args.role, args.index)  # as opd_megatron.engines.launcher seeds it
-    api_key = os.environ.get(cfg.engines.api_key_env) if cfg.engines.api_key_env else None
-    cmd = launcher.build_server_command(model, role_cfg, host=p.profile.bind_host, port=server.port,
-                                        device=device, seed=seed, api_key=api_key)
     env = launcher.server_env(device)
+    cmd = keyed_command(launcher.build_server_command(model, role_cfg, host=p.profile.bind_host, port=server.port,
+                                                      device=device, seed=seed), env, _job_key(cfg, p))
     if server.gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, server.gpus))
-    print(f"[job] {args.role} server {args.index} on {server.node}: $ {launcher.redacted(cmd)}", flush=True)
+    print(f"[job] {args.role} server {args.index} on {server.node}: $ {shlex.join(cmd)}", flush=True)
     if args.dry_run:
         return 0
     _ignore_preemption_signal()
@@ -119,10 +130,12 @@ def cmd_router(args: argparse.Namespace) -> int:
     p = _placement(args, cfg)
     if p.router is None:
         raise ConfigError("engines.router: this plan has no router (needs engines.router=true and >1 student server)")
-    cmd = build_router_command([s.url for s in p.student], host=p.profile.bind_host, port=p.router.port)
+    env = dict(os.environ)
+    cmd = keyed_command(build_router_command([s.url for s in p.student], host=p.profile.bind_host,
+                                             port=p.router.port), env, _job_key(cfg, p))
     print(f"[job] router on {p.router.node}: $ {shlex.join(cmd)}", flush=True)
     _ignore_preemption_signal()
-    os.execvp(cmd[0], cmd)
+    os.execvpe(cmd[0], cmd, env)
     return 1  # not reached
 
 

@@ -15,6 +15,8 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from tests.conftest import cannot_run
+
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SLURM = REPO / "launch" / "local_slurm.sh"
 TEST_SLURM_DIR = "/tmp/opd-slurm-pytest"
@@ -36,7 +38,7 @@ def local_slurm(*args: str, timeout_s: float = 300) -> subprocess.CompletedProce
 def slurm_cluster() -> Dict[str, str]:
     """Environment (SLURM_CONF) of a running three-node cluster n1, n2, n3; torn down at the end."""
     if os.geteuid() != 0:
-        pytest.skip("launch/local_slurm.sh needs root (slurmd, munged, apt-get); run the Slurm tests as root")
+        cannot_run("launch/local_slurm.sh needs root (slurmd, munged, apt-get); run the Slurm tests as root")
     up = local_slurm("up", str(NUM_NODES))
     try:
         assert up.returncode == 0, f"local_slurm.sh up failed:\n{up.stdout}\n{up.stderr}"

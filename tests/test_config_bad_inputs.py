@@ -112,6 +112,10 @@ CASES = [
     ("lora-alpha-zero", ["lora.rank=8", "lora.alpha=0"], None, "lora.alpha"),
     ("lora-target-unknown", ["lora.rank=8", "lora.targets=[q_proj]"], None, "lora.targets"),
     ("lr-inf", ["optim.lr=.inf"], None, "optim.lr"),
+    ("extra-args-host", ["engines.student.extra_args=[--host,0.0.0.0]"], None, "engines.student.extra_args"),
+    ("extra-args-key", ["engines.teacher.extra_args=[--api-key=x]"], None, "engines.teacher.extra_args"),
+    ("extra-args-config", ["engines.teacher.extra_args=[--config,a.yaml]"], None, "engines.teacher.extra_args"),
+    ("api-key-env-unset", ["engines.api_key_env=OPD_TEST_UNSET_KEY"], None, "engines.api_key_env"),
     ("startup-timeout-inf", ["engines.startup_timeout_s=.inf"], None, "engines.startup_timeout_s"),
     ("temperature-nan", ["rollout.temperature=.nan"], None, "rollout.temperature"),
     ("prepare-over-a-user-model", ["student.prepare=tiny-random:student"],
@@ -145,6 +149,19 @@ EDGES = [
 CASES += [(f"edge-{key}={bad}", [f"{key}={bad}"], None, key) for key, bad in EDGES]
 
 
+def _prepare_cycle(d: Path) -> None:
+    (d / "a.yaml").write_text(f"base: recipe.yaml\nstudent: {{path: {d / 'built-by-a'}, prepare: b.yaml}}\n")
+    (d / "b.yaml").write_text(f"base: recipe.yaml\nstudent: {{path: {d / 'built-by-b'}, prepare: a.yaml}}\n")
+
+
+CASES += [
+    ("config-json-not-object", [], lambda d: (d / "student/config.json").write_text("[1, 2]"), "not an object"),
+    ("prepare-cycle", ["student.path=/nonexistent/s", "student.prepare=a.yaml"], _prepare_cycle, "prepare cycle"),
+    ("unkeyed-router-beyond-loopback", ["engines.router=true", "engines.student.num_servers=2",
+                                        "engines.host=10.211.0.9"], None, "engines.router"),
+]
+
+
 @pytest.mark.parametrize("case_id,overrides,setup,needle", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_bad_input_exits_2_and_writes_nothing(env, capsys, command, case_id, overrides, setup, needle):
@@ -158,6 +175,33 @@ def test_bad_input_exits_2_and_writes_nothing(env, capsys, command, case_id, ove
     assert err.startswith("opd: error: ")
     assert needle in err, err
     assert sorted(p.name for p in env.iterdir()) == before  # nothing written
+
+
+_HELD: list = []
+
+
+def _hold_port(port: int) -> None:
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    _HELD.append(sock)
+
+
+# What only `opd run` on this machine can find (`opd validate` plans for another): (id, overrides,
+# setup, needle); still before the run directory is written.
+RUN_CASES = [
+    ("port-in-use", ["engines.base_port=28991"], lambda d: _hold_port(28991), "engines.base_port"),
+    ("world-size-vs-parallel", ["parallel.dp=2"], None, "torchrun --nproc_per_node=2"),
+    ("output-dir-is-a-file", ["run.output_dir=recipe.yaml/runs"], None, "run.output_dir"),
+]
+
+
+@pytest.mark.parametrize("case_id,overrides,setup,needle", RUN_CASES, ids=[c[0] for c in RUN_CASES])
+def test_bad_input_only_a_run_finds_exits_2_and_writes_nothing(env, capsys, case_id, overrides, setup, needle):
+    test_bad_input_exits_2_and_writes_nothing(env, capsys, "run", case_id, overrides, setup, needle)
+    assert main(["validate", "recipe.yaml", *overrides]) == 0  # the plan on paper is not this machine's
 
 
 FILE_CASES = [
@@ -225,6 +269,6 @@ def test_prepare_never_replaces_what_it_did_not_build(env, capsys):
 def test_catalogue_size_is_what_the_readme_says():
     import re
 
-    size = len(CASES) + len(FILE_CASES) + 1
+    size = len(CASES) + len(RUN_CASES) + len(FILE_CASES) + 1
     claimed = re.search(r"\| bad recipe, key, value, [^|]*\((\d+) cases\)", (REPO / "README.md").read_text())
     assert claimed and int(claimed[1]) == size >= 100, (claimed and claimed[1], size)

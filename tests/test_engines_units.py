@@ -119,13 +119,36 @@ def test_server_command_has_cpu_flags_and_config_values():
                   "--host 127.0.0.1", "--port 31000", "--random-seed 3"):
         assert piece in text
     assert cpu[-1] == "--x"
-    from opd_megatron.engines.launcher import redacted
-
-    keyed = build_server_command(model, role, host="h", port=1, device="cpu", seed=0,
-                                 api_key="s3cret")
-    assert "s3cret" in keyed and "s3cret" not in redacted(keyed)
     gpu = build_server_command(model, role, host="0.0.0.0", port=1, device="cuda", seed=0)
     assert "--device" not in gpu and "--mem-fraction-static" in gpu
+
+
+def test_the_api_key_travels_in_the_environment_never_the_command_line(tmp_path, monkeypatch):
+    from opd_megatron.config.schema import EnginesConfig
+    from opd_megatron.engines import apikey
+
+    env: dict = {}
+    cmd = apikey.keyed_command(["python", "-m", "sglang.launch_server", "--port", "1"], env, "s3cret")
+    assert cmd == ["python", "-m", "opd_megatron.engines.apikey", "sglang.launch_server", "--port", "1"]
+    assert env == {apikey.SERVER_KEY_ENV: "s3cret"} and "s3cret" not in " ".join(cmd)
+    assert apikey.keyed_command(["python", "-m", "x"], env, None) == ["python", "-m", "x"]
+    # where the key comes from: api_key_env, else the job's owner-only file, else (beyond loopback) made here
+    monkeypatch.delenv(apikey.KEY_FILE_ENV, raising=False)
+    assert apikey.run_key(EnginesConfig(host="127.0.0.1")) is None
+    own = apikey.run_key(EnginesConfig(host="10.0.0.7"))
+    assert own and len(own) >= 32 and apikey.run_key(EnginesConfig(host="10.0.0.7")) == own
+    monkeypatch.setenv("MY_KEY", "mine")
+    assert apikey.run_key(EnginesConfig(host="10.0.0.7", api_key_env="MY_KEY")) == "mine"
+    with pytest.raises(ConfigError, match=r"^engines\.api_key_env: \$UNSET_KEY is unset"):
+        apikey.run_key(EnginesConfig(api_key_env="UNSET_KEY"))
+    key_file = tmp_path / "api-key"
+    key_file.write_text("from-file\n")
+    key_file.chmod(0o644)
+    monkeypatch.setenv(apikey.KEY_FILE_ENV, str(key_file))
+    with pytest.raises(ConfigError, match="readable by other users"):
+        apikey.run_key(EnginesConfig())
+    key_file.chmod(0o600)
+    assert apikey.run_key(EnginesConfig(host="10.0.0.7")) == "from-file"
 
 
 def test_missing_model_is_config_error_before_any_process(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from opd_megatron.errors import ConfigError
+from tests.conftest import REPO
 from tests.learner_fixtures import make_models
 
 
@@ -132,3 +133,27 @@ def test_unknown_shape_and_bad_config(tmp_path):
         read_hf_config(tmp_path)
     with pytest.raises(ConfigError, match="hidden_size"):
         Qwen3Arch.from_hf({"model_type": "qwen3"}, "x/config.json")
+
+
+def test_commits_replace_whole_and_leave_no_stale_copies(tmp_path):
+    """commit_dir: the new directory replaces the old one whole, and the `.old-*` copies a kill
+    between its two renames would leave are pruned by the next commit. open_run_dir writes
+    config.yaml through a temporary it renames into place."""
+    from opd_megatron.config import load_config
+    from opd_megatron.learner.hf_io import commit_dir, temp_sibling
+    from opd_megatron.run.rundir import open_run_dir
+
+    final = tmp_path / "hf"
+    for version in ("1", "2"):
+        tmp = temp_sibling(final)
+        (tmp / "v").write_text(version)
+        commit_dir(tmp, final)
+        (tmp_path / f".hf.old-left{version}").mkdir()  # what a kill between the renames leaves
+    tmp = temp_sibling(final)
+    (tmp / "v").write_text("3")
+    commit_dir(tmp, final)
+    assert (final / "v").read_text() == "3" and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    cfg = load_config(str(REPO / "recipes/opd-tiny-cpu.yaml"), [f"run.output_dir={tmp_path / 'runs'}"])
+    run_dir = open_run_dir(cfg, None)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
+    assert load_config(str(run_dir / "config.yaml")).run.name == cfg.run.name

@@ -52,15 +52,26 @@ def loop_env(engine_models, student_server, teacher_server, tmp_path_factory):
     restore_student(engine_models, student_server)
 
 
+OPD_EXTRA = ["eval.benchmarks=[arithmetic]"]
+
+
+@pytest.fixture(scope="module")
+def opd_output(loop_env) -> str:
+    """The opd run: checked below, and the first of the same-seed pair."""
+    models, student, teacher, tmp = loop_env
+    return _run(tmp, models, student, teacher, "run.name=opd", *OPD_EXTRA)
+
+
 @pytest.mark.parametrize("name,recipe,extra", [
-    ("opd", "opd-tiny-cpu.yaml", ["eval.benchmarks=[arithmetic]"]),
+    ("opd", "opd-tiny-cpu.yaml", OPD_EXTRA),
     ("sft", "sft-tiny-cpu.yaml", []),
     ("rl", "rl-tiny-cpu.yaml", ["rollout.prompts_per_step=2", "rollout.samples_per_prompt=4"]),
     ("opd-megatron-teacher", "opd-tiny-cpu.yaml", ["objective.teacher_backend=megatron"]),
 ])
-def test_methods_run_end_to_end(loop_env, name, recipe, extra):
+def test_methods_run_end_to_end(loop_env, request, name, recipe, extra):
     models, student, teacher, tmp = loop_env
-    output = _run(tmp, models, student, teacher, f"run.name={name}", *extra, recipe=recipe)
+    output = (request.getfixturevalue("opd_output") if name == "opd"
+              else _run(tmp, models, student, teacher, f"run.name={name}", *extra, recipe=recipe))
     run_dir = tmp / "runs" / name
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["completed"] is True and summary["steps"] == 3
@@ -96,15 +107,14 @@ def test_methods_run_end_to_end(loop_env, name, recipe, extra):
         assert "reward_mean" in train[0] and flops["teacher_scoring"] == 0
 
 
-def test_same_seed_same_metrics(loop_env):
+def test_same_seed_same_metrics(loop_env, opd_output):
     models, student, teacher, tmp = loop_env
-    runs = []
-    for name in ("det-a", "det-b"):
-        _run(tmp, models, student, teacher, f"run.name={name}")
-        runs.append([{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in _records(tmp / "runs" / name)])
+    _run(tmp, models, student, teacher, "run.name=again", *OPD_EXTRA)  # the opd run's command again
+    runs = [[{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in _records(tmp / "runs" / name)]
+            for name in ("opd", "again")]
     assert runs[0] == runs[1]
     from safetensors.torch import load_file
 
-    a = load_file(str(tmp / "runs/det-a/hf/model.safetensors"))
-    b = load_file(str(tmp / "runs/det-b/hf/model.safetensors"))
+    a = load_file(str(tmp / "runs/opd/hf/model.safetensors"))
+    b = load_file(str(tmp / "runs/again/hf/model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)

@@ -71,7 +71,7 @@ def test_rehearsal_of_the_32b_recipe_runs_every_stage(tmp_path):
     from the shipped samples in their public schemas. (The TML recipe's rehearsal, through
     sbatch with save_to_disk data: tests/test_slurm_opd_job.py.)"""
     cmd = [PYTHON, "-m", "opd_megatron", "run", str(REPO / QWEN3), "--rehearse", "run.quiet=true",
-           f"run.output_dir={tmp_path / 'runs'}", "engines.base_port=34100"]
+           f"run.output_dir={tmp_path / 'runs'}", "engines.base_port=28100"]
     env = dict(os.environ, PYTHONPATH=str(REPO), OPD_MODEL_DIR=str(tmp_path / "models"))
     log = tmp_path / "rehearsal.log"
     t0 = time.perf_counter()

@@ -41,8 +41,10 @@ def test_qwen3_8b_three_nodes_one_per_role():
     assert p.learner_nodes == ("gpu002",) and p.master_addr == "gpu002"
     assert p.learner_procs_per_node == 8 and p.learner_gpus == tuple(range(8))
     assert sorted(g for s in p.teacher for g in s.gpus) == list(range(8))  # 8 x tp1 fill the node
-    assert p.router is not None and p.router.node == "gpu001"
-    ports = [s.port for s in p.teacher + p.student] + [p.router.port, p.master_port]
+    assert p.router is None  # the learner spreads its requests over the 8 servers itself
+    with pytest.raises(ConfigError, match=r"^engines\.router: .* checks no API key"):
+        plan(load_config(QWEN3_8B, ["engines.router=true"]), nodes(3))  # it would listen on 0.0.0.0 unkeyed
+    ports = [s.port for s in p.teacher + p.student] + [p.master_port]
     assert len(set(ports)) == len(ports)  # fake nodes may share one host
     text = format_plan(p)
     assert "learner: 1 node(s) (gpu002) x 8 process(es), MASTER_ADDR=gpu002" in text
@@ -146,13 +148,21 @@ def test_job_helper_builds_the_server_command_the_sbatch_script_runs(tmp_path):
     cmd = [sys.executable, "slurm/job.py", "serve", "teacher", "0", "--nodes", "n1 n2", "--dry-run", TINY,
            "cluster.num_nodes=2", "cluster.teacher_nodes=1", f"teacher.path={tmp_path / 'teacher'}",
            "engines.base_port=35000"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    env = {k: v for k, v in os.environ.items() if k != "OPD_API_KEY_FILE"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(env, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 2 and "with no API key" in proc.stderr, proc.stderr  # 0.0.0.0 and no key: refused
+    key_file = tmp_path / "api-key"
+    key_file.write_text("k" * 43 + "\n")
+    key_file.chmod(0o600)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                          env=dict(env, PYTHONPATH=str(REPO), OPD_API_KEY_FILE=str(key_file)))
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.strip().splitlines()[-1]
-    assert line.startswith("[job] teacher server 0 on n1: $ ")
+    assert line.startswith("[job] teacher server 0 on n1: $ ") and "k" * 43 not in proc.stdout + proc.stderr
     argv = shlex.split(line.split("$ ", 1)[1])
     assert argv[argv.index("--port") + 1] == "35002" and argv[argv.index("--host") + 1] == "0.0.0.0"
-    assert argv[argv.index("--model-path") + 1] == str(tmp_path / "teacher") and "sglang.launch_server" in argv
+    assert argv[argv.index("--model-path") + 1] == str(tmp_path / "teacher")
+    assert argv[1:4] == ["-m", "opd_megatron.engines.apikey", "sglang.launch_server"] and "--api-key" not in argv
 
 
 def test_job_helper_exports_fail_with_exit_2_naming_the_key():

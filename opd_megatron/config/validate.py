@@ -105,6 +105,20 @@ def check_cluster(cfg: Config) -> None:
                           f"+ student {c.student_nodes} + teacher {c.teacher_nodes}), have {c.num_nodes}")
 
 
+SERVER_OWNED_FLAGS = ("--host", "--port", "--api-key", "--admin-api-key", "--config")
+"""SGLang flags opd-megatron sets (engines.host, engines.base_port, the API key: a ``--config``
+file could carry any of them): never in ``extra_args``."""
+
+
+def check_extra_args(cfg: Config) -> None:
+    for role in ("student", "teacher"):
+        for arg in getattr(cfg.engines, role).extra_args:
+            flag = str(arg).split("=", 1)[0]
+            if flag in SERVER_OWNED_FLAGS:
+                raise ConfigError(f"engines.{role}.extra_args: {flag} is set by opd-megatron (engines.host, "
+                                  f"engines.base_port, the API key); remove it from extra_args")
+
+
 def check_lora(cfg: Config) -> None:
     """LoRA settings of the student (``lora.rank`` 0: off, nothing else is checked; its range is
     in the schema)."""
@@ -127,4 +141,5 @@ def validate(cfg: Config) -> None:
     check_ranges(cfg)
     check_objective(cfg)
     check_cluster(cfg)
+    check_extra_args(cfg)
     check_lora(cfg)

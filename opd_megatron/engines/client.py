@@ -92,9 +92,9 @@ class EngineClient:
     def from_config(cls, urls: Sequence[str], engines: EnginesConfig, *,
                     full_vocab_size: Optional[int] = None,
                     logits_width: Optional[int] = None) -> "EngineClient":
-        import os
+        from opd_megatron.engines.apikey import run_key
 
-        api_key = os.environ.get(engines.api_key_env) if engines.api_key_env else None
+        api_key = run_key(engines)
         policy = RetryPolicy(request_timeout_s=engines.request_timeout_s,
                              max_retries=engines.max_retries)
         return cls(list(urls), policy=policy, max_concurrency=engines.max_concurrency,

@@ -16,6 +16,7 @@ serves an fp32 checkpoint in float16 on CPU). It also needs the two CPU shims in
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from typing import Dict, List, Optional
 
 from opd_megatron.config.layout import role_ports, role_seed, server_ports
 from opd_megatron.config.schema import EngineRoleConfig, EnginesConfig, ModelConfig
+from opd_megatron.engines.apikey import keyed_command, run_key
 from opd_megatron.engines.http import EngineUnavailable, health_ok
 from opd_megatron.errors import ConfigError
 
@@ -50,23 +52,19 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def stop(self, grace_s: float = 20.0) -> None:
-        """SIGTERM the process group (server + its scheduler/detokenizer), then SIGKILL."""
-        if not self.alive():
+    def stop(self) -> None:
+        """SIGKILL the process group (server + its scheduler/detokenizer). A server of ours holds
+        nothing to save, and SGLang's graceful SIGTERM costs 5 s a server (a drain, then a wait
+        "to let GPU activity settle"); both leave the same few /dev/shm files behind."""
+        if not self.alive():  # reaped: its group id may be another's now
             return
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # children that outlived the leader are still in its group
+        try:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
+            return
+        try:
+            self.process.wait(timeout=30.0)
+        except subprocess.TimeoutExpired:
             pass
 
 
@@ -96,7 +94,7 @@ class EngineGroup:
         for i, proc in enumerate(self.processes):
             if proc.alive() and not (check_health and not health_ok(proc.url, timeout_s=10.0)):
                 continue
-            proc.stop(grace_s=5.0)
+            proc.stop()
             _wait_port_free(proc.url, timeout_s=30.0)
             new = start_process(proc.name, proc.cmd, proc.url, proc.log_path.parent, proc.env)
             self.processes[i] = new
@@ -114,12 +112,9 @@ def resolve_device(engines: EnginesConfig) -> str:
 
 
 def build_server_command(model: ModelConfig, role: EngineRoleConfig, *, host: str, port: int,
-                         device: str, seed: int, api_key: Optional[str] = None) -> List[str]:
-    """The ``python -m sglang.launch_server`` argv for one server of a role.
-
-    SGLang reads its API key only from ``--api-key``; the logged copy of the command has it
-    redacted (see ``start_process``).
-    """
+                         device: str, seed: int) -> List[str]:
+    """The ``python -m sglang.launch_server`` argv for one server of a role (no API key: that
+    goes through the environment, opd_megatron/engines/apikey.py)."""
     cmd = [sys.executable, "-m", "sglang.launch_server",
            "--model-path", model.path, "--tokenizer-path", model.tokenizer or model.path,
            "--host", host, "--port", str(port), "--tp-size", str(role.tp),
@@ -129,8 +124,6 @@ def build_server_command(model: ModelConfig, role: EngineRoleConfig, *, host: st
         cmd += ["--device", "cpu", "--sleep-on-idle"]
     else:
         cmd += ["--mem-fraction-static", str(role.mem_fraction)]
-    if api_key:
-        cmd += ["--api-key", api_key]
     return cmd + list(role.extra_args)
 
 
@@ -148,15 +141,6 @@ def server_env(device: str) -> Dict[str, str]:
         env["SGLANG_USE_CPU_ENGINE"] = "1"
         env["OPD_SGLANG_SEEDED_SAMPLING"] = "1"  # shims/sgl_kernel: per-request seeds on CPU
     return env
-
-
-def redacted(cmd: List[str]) -> str:
-    """The command as text with the value after ``--api-key`` hidden (logs are shared)."""
-    shown = list(cmd)
-    for i, arg in enumerate(shown[:-1]):
-        if arg == "--api-key":
-            shown[i + 1] = "***"
-    return " ".join(shown)
 
 
 def build_router_command(worker_urls: List[str], *, host: str, port: int) -> List[str]:
@@ -252,7 +236,7 @@ def start_process(name: str, cmd: List[str], url: str, log_dir: Path,
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with open(log_path, "ab") as log:
-        log.write(("$ " + redacted(cmd) + "\n").encode())
+        log.write(("$ " + shlex.join(cmd) + "\n").encode())
         log.flush()
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
@@ -273,7 +257,7 @@ def launch_role(name: str, model: ModelConfig, role: EngineRoleConfig, engines: 
         check_cpu_stack()
     else:
         check_gpu_stack()
-    api_key = os.environ.get(engines.api_key_env) if engines.api_key_env else None
+    key = run_key(engines)
     servers, router_port = role_ports(first_port, role.num_servers, use_router)
     ports = servers + ([router_port] if router_port is not None else [])  # the router last
     for port in ports:
@@ -282,19 +266,20 @@ def launch_role(name: str, model: ModelConfig, role: EngineRoleConfig, engines: 
     try:
         for i, port in enumerate(ports[:role.num_servers]):
             url = f"http://{engines.host}:{port}"
-            cmd = build_server_command(model, role, host=engines.host, port=port,
-                                       device=device, seed=seed + i, api_key=api_key)
-            group.processes.append(start_process(f"{name}-{i}", cmd, url, Path(log_dir),
-                                                 server_env(device)))
+            env = server_env(device)
+            cmd = keyed_command(build_server_command(model, role, host=engines.host, port=port,
+                                                     device=device, seed=seed + i), env, key)
+            group.processes.append(start_process(f"{name}-{i}", cmd, url, Path(log_dir), env))
             group.server_urls.append(url)
         for proc in group.processes:
             wait_healthy(proc, timeout_s=engines.startup_timeout_s)
         group.url = group.server_urls[0]
         if use_router and role.num_servers > 1:
             router_url = f"http://{engines.host}:{ports[-1]}"
-            cmd = build_router_command(group.server_urls, host=engines.host, port=ports[-1])
-            router = start_process(f"{name}-router", cmd, router_url, Path(log_dir),
-                                   dict(os.environ))
+            env = dict(os.environ)
+            cmd = keyed_command(build_router_command(group.server_urls, host=engines.host, port=ports[-1]),
+                                env, key)  # the router's key is the one it sends to the servers
+            router = start_process(f"{name}-router", cmd, router_url, Path(log_dir), env)
             group.processes.append(router)
             wait_healthy(router, timeout_s=engines.startup_timeout_s)
             group.url = router_url

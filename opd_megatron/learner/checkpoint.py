@@ -15,6 +15,7 @@ it was written with (tp/pp/dp, dtype); to change layout, export HF and start fro
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -108,6 +109,8 @@ def save(ckpt_dir, *, model, optimizer, step: int, extra: dict, layout: dict) ->
         path = _rank_file(tmp, dist.get_rank())
         with open(path, "wb") as f:  # closed on failure too: a full disk gets its space back
             torch.save(_rank_payload(model, optimizer, step, extra), f)
+            f.flush()
+            os.fsync(f.fileno())  # each rank its own file: on a shared filesystem rank 0's fsync is not enough
         faults.in_checkpoint(step)
         dist.barrier()
         if dist.get_rank() == 0:

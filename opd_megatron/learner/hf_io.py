@@ -78,8 +78,9 @@ def commit_dir(tmp: Path, final: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    # this replacement's old copy, and any a kill between the two renames left behind
+    for stale in ([old] if old is not None else []) + sorted(final.parent.glob(f".{final.name}.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _side_files(src: Path) -> Iterable[Path]:

@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from opd_megatron.config.schema import (LoraConfig, ModelConfig, ObjectiveConfig, OptimConfig,
                                          ParallelConfig)
+from opd_megatron import faults
 from opd_megatron.errors import ConfigError
 from opd_megatron.learner import checkpoint as ckpt
 from opd_megatron.learner import cpu_compat
@@ -96,6 +97,7 @@ class Learner(Scorer):
         gpt.config.no_sync_func = self.model.no_sync
         self.optimizer = self._build_optimizer()
         self.step = 0
+        self._calls = 0  # train_step calls, skipped ones included (the fault hooks count these)
 
     def _ddp_config(self):
         from megatron.core.distributed import DistributedDataParallelConfig
@@ -130,6 +132,8 @@ class Learner(Scorer):
             loss, metrics = compute_loss(self.objective, logits, _to_device(mb),
                                          temperature=self.temperature,
                                          tp_group=tp_group_or_none(self.ranks))
+        if faults.poisoned("loss_nan", self._calls):
+            loss = loss * float("nan")
         loss_sum = loss * count
         report = {"loss_sum": float(loss_sum.detach()), "count": count, "metrics": metrics}
         return loss_sum, torch.tensor(count, dtype=torch.int, device=device()), report
@@ -152,8 +156,10 @@ class Learner(Scorer):
     @cpu_compat.scoped
     def train_step(self, batch: TrainBatch) -> Dict[str, float]:
         """One optimizer step on ``batch``. Returns loss, grad_norm, lr, num_tokens, the
-        objective's metrics (mismatch, ratios, ...) and skipped (1.0 if the loss was not finite:
-        then no update is applied and the step counter does not advance)."""
+        objective's metrics (mismatch, ratios, ...) and skipped (1.0 if the loss or a gradient
+        was not finite, on any rank, or the optimizer refused the step: then no update is applied
+        and the step counter does not advance)."""
+        self._calls += 1
         lr = lr_at(self.step, self.optim, self.num_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -167,7 +173,9 @@ class Learner(Scorer):
         loss = sum(r["loss_sum"] for r in reports) / max(total, 1)
         metrics = _merge_metrics([r for r in reports if r["metrics"]])
         metrics.update(loss=loss, lr=lr, num_tokens=float(batch.num_tokens), skipped=0.0)
-        if not math.isfinite(loss):
+        if faults.poisoned("grad_inf", self._calls):
+            next(self._grads()).view(-1)[0] = float("inf")
+        if not math.isfinite(loss) or not self._grads_finite():
             self.optimizer.zero_grad()
             metrics.update(skipped=1.0, grad_norm=float("nan"))
             return metrics
@@ -188,6 +196,23 @@ class Learner(Scorer):
         if self.lora is not None:
             state = lora_lib.merged_state(unwrap(self.model), local_state(self.model))
         return gather_hf(self.model, self.arch, self.ranks, state=state)
+
+    def _grads(self):
+        """This rank's gradients of the trainable parameters (Megatron keeps them in main_grad)."""
+        for p in self.model.parameters():
+            if p.requires_grad:
+                g = getattr(p, "main_grad", None)
+                g = p.grad if g is None else g
+                if g is not None:
+                    yield g
+
+    def _grads_finite(self) -> bool:
+        """Every gradient on every rank is finite (one flag summed over all ranks: they agree)."""
+        bad = torch.tensor([0.0 if all(bool(torch.isfinite(g).all()) for g in self._grads()) else 1.0],
+                           device=device())
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(bad)
+        return float(bad) == 0.0
 
     def num_trainable_params(self) -> int:
         """Parameters the optimizer steps on this rank's model shard (adapters under LoRA)."""

@@ -8,7 +8,6 @@ and passed in as ``Components``.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
@@ -90,23 +89,8 @@ def train(c: Components, start_step: int) -> int:
         if c.reward is not None:
             c.reward(rollouts)
         batch = add_advantages(pack_rollouts(rollouts, c.pad_id, with_topk=with_topk), rollouts, cfg.objective)
-        if not _finite(batch) and _skip_or_stop(c, step, "teacher logprobs or advantages"):
-            step += 1
-            continue
-        with c.timer.stage("train"):
-            metrics = c.learner.train_step(batch)
-        if not math.isfinite(metrics.get("loss", 0.0)) and _skip_or_stop(c, step, "loss"):
-            step += 1
-            continue
         step += 1
-        if on_policy:  # off-policy sft samples the teacher: the student servers sync before eval only
-            with c.timer.stage("weight_sync"):
-                c.sync(step)
-        c.flops.add_step(rollouts, batch)
-        record: Dict[str, Any] = {"step": step, **metrics, "reverse_kl_sampled": sampled_reverse_kl(batch),
-                                  **response_lengths(rollouts)}
-        if c.reward is not None:
-            record["reward_mean"] = sum(r.reward or 0.0 for r in rollouts) / len(rollouts)
+        record = _learn(c, step, batch, rollouts, on_policy)
         if cfg.eval.interval and step % cfg.eval.interval == 0 and step < cfg.run.num_steps:
             with c.timer.stage("eval"):
                 record.update(c.evaluate(step))
@@ -125,6 +109,25 @@ def train(c: Components, start_step: int) -> int:
     return step
 
 
+def _learn(c: Components, step: int, batch, rollouts, on_policy: bool) -> Dict[str, Any]:
+    """The learner step on ``batch`` and the weight push; returns the step's record. A batch, loss
+    or gradient that is not finite is skipped (no update, no push) or stops the run."""
+    if not _finite(batch):
+        return _skip_or_stop(c, step, "teacher logprobs or advantages")
+    with c.timer.stage("train"):
+        metrics = c.learner.train_step(batch)
+    if metrics.get("skipped"):  # the learner applied no update
+        return _skip_or_stop(c, step, "loss or gradients")
+    if on_policy:  # off-policy sft samples the teacher: the student servers sync before eval only
+        with c.timer.stage("weight_sync"):
+            c.sync(step)
+    c.flops.add_step(rollouts, batch)
+    record = {"step": step, **metrics, "reverse_kl_sampled": sampled_reverse_kl(batch), **response_lengths(rollouts)}
+    if c.reward is not None:
+        record["reward_mean"] = sum(r.reward or 0.0 for r in rollouts) / len(rollouts)
+    return record
+
+
 def _stopping(c: Components, step: int) -> bool:
     return c.preempted() or step == c.stop_after
 
@@ -136,10 +139,11 @@ def _finite(batch) -> bool:
     return all(t is None or bool(torch.isfinite(t).all()) for t in tensors)
 
 
-def _skip_or_stop(c: Components, step: int, what: str) -> bool:
-    """Per run.on_nonfinite: count and skip the step (True), or stop the run."""
+def _skip_or_stop(c: Components, step: int, what: str) -> Dict[str, Any]:
+    """Per run.on_nonfinite: count the step as skipped (no update, no sync; its record says so
+    and the run goes on), or stop the run."""
     if c.cfg.run.on_nonfinite == "stop":
-        raise RuntimeFailure(f"non-finite {what} at step {step + 1}; stopped (run.on_nonfinite=stop), "
+        raise RuntimeFailure(f"non-finite {what} at step {step}; stopped (run.on_nonfinite=stop), "
                              f"last good checkpoint kept")
     c.num_skipped += 1
-    return True
+    return {"step": step, "skipped": 1.0}

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from opd_megatron.config import Config, load_config, validate
 from opd_megatron.config.schema import RANDOM_PREFIXES, RANDOM_SHAPES, ModelConfig
 from opd_megatron.engines.compat import check_eos_token, check_tokenizers_compatible
+from opd_megatron.engines.apikey import check_key_source
 from opd_megatron.engines.http import health_ok
 from opd_megatron.errors import ConfigError
 from opd_megatron.methods import method_of, needs_teacher_model
@@ -163,6 +164,9 @@ def read_hf_config(model: ModelConfig, role: str, absent_ok: bool = False) -> Op
         hf = json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{role}.path: {cfg_file} is not valid JSON ({e.__class__.__name__})") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{role}.path: {cfg_file} holds a JSON {type(hf).__name__}, not an object; "
+                          f"not an HF model config")
     weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
     if not weights:
         raise ConfigError(f"{role}.path: no *.safetensors weights in {path}")
@@ -226,6 +230,10 @@ def unsafe_target(model: ModelConfig, role: str) -> Optional[str]:
             f"{role}.path at a new directory")
 
 
+_PREPARING: List[str] = []
+"""The prepare recipes being checked, outermost first (a recipe that needs itself is a cycle)."""
+
+
 def check_prepare(model: ModelConfig, role: str) -> None:
     """``prepare`` is a recipe file (preflighted too, recursively), tiny-random:<shape> or
     tiny-random-bpe:<shape>."""
@@ -239,7 +247,15 @@ def check_prepare(model: ModelConfig, role: str) -> None:
     if not Path(spec).is_file():
         raise ConfigError(f"{role}.prepare: recipe file not found: {spec} (paths are relative to "
                           f"the directory opd runs in)")
-    preflight(load_config(spec))
+    key = str(Path(spec).resolve())
+    if key in _PREPARING:
+        raise ConfigError(f"{role}.prepare: {spec} needs itself to be built first (a prepare cycle through "
+                          f"{' -> '.join(_PREPARING + [key])}); point one of them at a model that exists")
+    _PREPARING.append(key)
+    try:
+        preflight(load_config(spec))
+    finally:
+        _PREPARING.pop()
 
 
 def check_model_parallel(hf: Dict[str, Any], cfg: Config, role: str) -> None:
@@ -286,6 +302,7 @@ def preflight(cfg: Config, absent_ok: bool = False) -> Dict[str, Optional[dict]]
     check_benchmarks(cfg)
     check_method(cfg)
     check_data_file(cfg)
+    check_key_source(cfg.engines)
     check_urls(cfg)
     student_hf = read_hf_config(cfg.student, "student", absent_ok)
     teacher_hf = None

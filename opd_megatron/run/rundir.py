@@ -7,6 +7,7 @@ checkpoint; one with different settings is refused unless ``run.overwrite=true``
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -38,8 +39,10 @@ def check_run_dir(cfg: Config) -> Optional[str]:
     run_dir = run_dir_of(cfg)
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.is_file():
-        # logs/ alone may exist: slurm/opd.sbatch starts the servers (logging there) before `opd run`.
-        if run_dir.exists() and any(p.name != "logs" for p in run_dir.iterdir()) and not cfg.run.overwrite:
+        # logs/ and the job's api-key may exist: slurm/opd.sbatch starts the servers (logging
+        # there) before `opd run`.
+        if run_dir.exists() and any(p.name not in ("logs", "api-key") for p in run_dir.iterdir()) \
+                and not cfg.run.overwrite:
             raise ConfigError(f"run.name: {run_dir} exists and is not a run directory; choose another "
                               f"run.name or set run.overwrite=true")
         return None
@@ -52,7 +55,8 @@ def check_run_dir(cfg: Config) -> Optional[str]:
     if cfg.run.overwrite:
         return "overwrite"
     raise ConfigError(f"run.name: {run_dir} holds a run with different settings; choose another "
-                      f"run.name or set run.overwrite=true to replace it")
+                      f"run.name, or set run.overwrite=true to delete that run (its checkpoints too) "
+                      f"and start again")
 
 
 def open_run_dir(cfg: Config, mode: Optional[str]) -> Path:
@@ -60,7 +64,9 @@ def open_run_dir(cfg: Config, mode: Optional[str]) -> Path:
     if mode == "overwrite" and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    tmp = run_dir / ".config.yaml.tmp"  # whole or not at all: a torn config.yaml would refuse the resume
+    tmp.write_text(to_yaml(cfg))
+    os.replace(tmp, run_dir / "config.yaml")
     return run_dir
 
 

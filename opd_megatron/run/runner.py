@@ -56,10 +56,47 @@ def run_prepare_recipe(recipe: str) -> Path:
     return rundir.run_dir_of(cfg) / "hf"
 
 
+def check_start(cfg: Config) -> None:
+    """What only the machine that runs it can say, checked before anything is written: the
+    process count against ``parallel``, and on rank 0 a writable ``run.output_dir``, the SGLang
+    stack for the servers it launches and their ports free."""
+    p = cfg.parallel
+    world = int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
+    if p.tp * p.pp * p.dp != world:
+        raise ConfigError(f"parallel: tp*pp*dp = {p.tp}*{p.pp}*{p.dp} needs {p.tp * p.pp * p.dp} learner "
+                          f"processes, this run has {world}; launch with torchrun --nproc_per_node="
+                          f"{p.tp * p.pp * p.dp} (slurm/opd.sbatch does) or change parallel")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    target = rundir.run_dir_of(cfg).resolve()
+    existing = next(a for a in (target, *target.parents) if a.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"run.output_dir: {existing} is not a writable directory (the run would write "
+                          f"{target}); set run.output_dir to one you can write")
+    from opd_megatron.config.layout import server_ports
+    from opd_megatron.engines.apikey import is_loopback
+    from opd_megatron.engines.launcher import check_cpu_stack, check_gpu_stack, check_port_free, resolve_device
+    from opd_megatron.methods import needs_teacher_servers
+
+    e = cfg.engines
+    teacher = needs_teacher_servers(cfg) and not e.teacher.urls
+    if e.student.urls and not teacher:
+        return
+    if e.router and e.student.num_servers > 1 and not e.student.urls and not is_loopback(e.host):
+        raise ConfigError(f"engines.router: the router would listen on {e.host}, and sglang-router checks no "
+                          f"API key from its callers; set engines.router=false or engines.host=127.0.0.1")
+    check_cpu_stack() if resolve_device(e) == "cpu" else check_gpu_stack()
+    ports = server_ports(e, teacher_servers=teacher)
+    for port in ([] if e.student.urls else [*ports.student, *([ports.router] if ports.router else [])]) + \
+            list(ports.teacher):
+        check_port_free(e.host, port)
+
+
 def run(cfg: Config, recipe: str = "", overrides: Optional[List[str]] = None) -> int:
     """Run a validated config end to end; returns the exit code."""
     from opd_megatron.run.prepare import ensure_model
 
+    check_start(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return _follow(cfg)
 

@@ -83,8 +83,9 @@ class Stages:
                                 self.servers.first_pid("teacher")):
             self.teacher_score(rollouts, temperature=o.teacher_temperature, top_k=top_k)
         self.num_scored += 1
-        if faults.nan_teacher(self.num_scored):
-            _poison(rollouts[0])
+        for kind, value in (("teacher_nan", float("nan")), ("teacher_inf", float("-inf"))):
+            if faults.poisoned(kind, self.num_scored):
+                _poison(rollouts[0], value)
 
     def teacher_score(self, rollouts: List[Rollout], *, temperature: float, top_k: int) -> None:
         """Teacher logprobs of every response token, from the SGLang teacher or the frozen
@@ -144,11 +145,10 @@ def sampling_seed(run_seed: int, cursor: int, purpose: int) -> int:
     return int.from_bytes(digest[:6], "little")
 
 
-def _poison(rollout: Rollout) -> None:
-    nan = float("nan")
-    rollout.teacher_logprobs = [nan] * len(rollout.teacher_logprobs or [])
+def _poison(rollout: Rollout, value: float) -> None:
+    rollout.teacher_logprobs = [value] * len(rollout.teacher_logprobs or [])
     if rollout.teacher_topk_logprobs:
-        rollout.teacher_topk_logprobs = [[nan] * len(row) for row in rollout.teacher_topk_logprobs]
+        rollout.teacher_topk_logprobs = [[value] * len(row) for row in rollout.teacher_topk_logprobs]
 
 
 __all__ = ["Stages", "check_weight_versions", "sampling_seed", "MAX_STALENESS"]
