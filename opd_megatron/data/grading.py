@@ -38,12 +38,42 @@ def _timeout_s() -> Optional[int]:
     return 5 if threading.current_thread() is threading.main_thread() else None
 
 
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# A digit-group separator between a digit and exactly three digits: a thin space (``\,``, ``\:``,
+# ``\;``, ``\!``, ``\ ``, ``~``, U+2009, U+202F), a no-break space or a plain space ("1 000").
+_GROUP_SEP = re.compile(r"(?<=\d)(?:\\[,:;! ]|\\thinspace\b|~|[ \u00a0\u2009\u202f])(?=\d{3}(?!\d))")
+_DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree\b|\u00b0")
+
+
+def last_boxed(text: str) -> Optional[str]:
+    """The content of the last ``\\boxed{...}`` or ``\\fbox{...}`` (braces balanced), or None: a
+    response that corrects itself ends with the box it means."""
+    starts = [m.end() for m in _BOX_OPEN.finditer(text)]
+    for start in reversed(starts):
+        depth = 1
+        for i in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                return text[start:i]
+    return None
+
+
+def normalize_answer(text: str) -> str:
+    """Digit-group separators and degree signs removed (math-verify reads ``1\\,000`` as 0 and
+    knows no ``\\degree``)."""
+    previous = None
+    while previous != text:
+        previous, text = text, _GROUP_SEP.sub("", text)
+    return _DEGREE.sub("", text)
+
+
 def grade_math(response: str, gold: str) -> bool:
     """True if math-verify finds the response's final answer equal to ``gold``.
 
-    The gold answer is wrapped in ``$...$`` so bare LaTeX (``\\frac{14}{3}``) parses; the
-    response is parsed with math-verify's defaults (boxed answers first, then LaTeX and plain
-    expressions).
+    The final answer is the last ``\\boxed{}`` / ``\\fbox{}`` after the thinking, parsed as LaTeX;
+    without a box, math-verify's own extraction over the text (LaTeX, then plain expressions).
+    Answer and gold lose digit-group separators and degree signs first (``normalize_answer``).
+    The gold is wrapped in ``$...$`` so bare LaTeX (``\\frac{14}{3}``) parses.
     """
     from math_verify import parse, verify
 
@@ -51,10 +81,14 @@ def grade_math(response: str, gold: str) -> bool:
     if text is None or not text.strip():
         return False
     timeout = _timeout_s()
-    gold_parsed = parse(f"${gold}$", parsing_timeout=timeout)
-    if not gold_parsed:
-        gold_parsed = parse(gold, parsing_timeout=timeout)
-    pred = parse(text, parsing_timeout=timeout)
+
+    def parsed(answer: str, wrap: bool) -> list:
+        answer = normalize_answer(answer)
+        return (wrap and parse(f"${answer}$", parsing_timeout=timeout)) or parse(answer, parsing_timeout=timeout)
+
+    gold_parsed = parsed(gold, wrap=True)
+    boxed = last_boxed(text)
+    pred = parsed(boxed, wrap=True) if boxed is not None else parsed(text, wrap=False)
     if not gold_parsed or not pred:
         return False
     return bool(verify(gold_parsed, pred, timeout_seconds=timeout))
