@@ -75,23 +75,32 @@ def read_key_file(path: str | Path) -> str:
     return key
 
 
-def check_key_source(engines) -> None:
-    """Fail in one line when the configured key source gives no key (before anything starts)."""
-    if engines.api_key_env and not os.environ.get(engines.api_key_env):
-        raise ConfigError(f"engines.api_key_env: ${engines.api_key_env} is unset or empty; export the "
-                          f"servers' key in it, or remove engines.api_key_env")
-    if not engines.api_key_env and os.environ.get(KEY_FILE_ENV):
-        read_key_file(os.environ[KEY_FILE_ENV])
-
-
 def configured_key(engines) -> Optional[str]:
-    """The key from ``engines.api_key_env`` or ``$OPD_API_KEY_FILE`` (None: neither is set)."""
-    check_key_source(engines)
+    """The key from ``engines.api_key_env`` or ``$OPD_API_KEY_FILE`` (None: neither is set).
+    A source that is set but gives no key is a one-line error."""
     if engines.api_key_env:
+        if not os.environ.get(engines.api_key_env):
+            raise ConfigError(f"engines.api_key_env: ${engines.api_key_env} is unset or empty; export the "
+                              f"servers' key in it, or remove engines.api_key_env")
         return os.environ[engines.api_key_env]
     if os.environ.get(KEY_FILE_ENV):
         return read_key_file(os.environ[KEY_FILE_ENV])
     return None
+
+
+def check_key_source(engines) -> None:
+    """Fail in one line, before anything starts, when the configured key source gives no key."""
+    configured_key(engines)
+
+
+def check_router(engines, host: str, where: str) -> None:
+    """sglang-router 0.3.2 takes ``--api-key`` only as the key it sends to the servers and asks
+    its own callers for none: a router of ours never listens beyond loopback. ``where`` says
+    what binds to ``host``."""
+    if engines.router and engines.student.num_servers > 1 and not engines.student.urls and not is_loopback(host):
+        raise ConfigError(f"engines.router: {where} {host}, and sglang-router checks no API key from its callers; "
+                          f"set engines.router=false (the learner spreads its requests over the student "
+                          f"servers itself)")
 
 
 def run_key(engines) -> Optional[str]:

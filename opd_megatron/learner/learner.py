@@ -208,8 +208,9 @@ class Learner(Scorer):
 
     def _grads_finite(self) -> bool:
         """Every gradient on every rank is finite (one flag summed over all ranks: they agree)."""
-        bad = torch.tensor([0.0 if all(bool(torch.isfinite(g).all()) for g in self._grads()) else 1.0],
-                           device=device())
+        bad = torch.zeros((), device=device())
+        for g in self._grads():
+            bad += (~torch.isfinite(g)).any()  # on the device: one sync below, not one per tensor
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(bad)
         return float(bad) == 0.0

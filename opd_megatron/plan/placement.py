@@ -140,12 +140,9 @@ def num_params(hf: Dict[str, Any]) -> int:
 
 
 def _check_profile(cfg: Config, profile: ClusterProfile) -> None:
-    from opd_megatron.engines.apikey import is_loopback
+    from opd_megatron.engines.apikey import check_router
 
-    if cfg.engines.router and cfg.engines.student.num_servers > 1 and not is_loopback(profile.bind_host):
-        raise ConfigError(f"engines.router: cluster profile {profile.name!r} binds servers to {profile.bind_host}, "
-                          f"and sglang-router checks no API key from its callers; set engines.router=false "
-                          f"(the learner spreads its requests over the student servers itself)")
+    check_router(cfg.engines, profile.bind_host, f"cluster profile {profile.name!r} binds servers to")
     if profile.gpus_per_node != cfg.cluster.gpus_per_node:
         raise ConfigError(f"cluster.gpus_per_node: {cfg.cluster.gpus_per_node} but cluster profile "
                           f"{profile.name!r} has {profile.gpus_per_node} GPUs per node; set "

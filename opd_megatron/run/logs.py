@@ -62,13 +62,13 @@ class MetricsWriter:
         self._tb = None
         self._purge_step: Optional[int] = None
 
-    def rewind(self, step: Optional[int]) -> int:
+    def rewind(self, step: Optional[int]) -> None:
         """Make the logs what they were after ``step``, the step a resume starts from (None: no
         checkpoint, nothing kept): later records, final records and a line torn by a kill are
-        dropped (the run writes them again), atomically. Returns how many lines were dropped."""
+        dropped (the run writes them again), atomically."""
         self._purge_step = (step or 0) + 1  # TensorBoard drops its events from this step on
         if not self.path.is_file():
-            return 0
+            return
         lines = self.path.read_text().splitlines()
         kept = []
         for line in lines:
@@ -82,7 +82,6 @@ class MetricsWriter:
             tmp = self.path.with_name(f".{self.path.name}.rewind")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)
-        return len(lines) - len(kept)
 
     def _tensorboard(self):
         if self._tb is None:

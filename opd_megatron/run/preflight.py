@@ -141,10 +141,9 @@ def read_hf_config(model: ModelConfig, role: str, absent_ok: bool = False) -> Op
         raise ConfigError(f"{role}.path: missing; set it to an HF model directory "
                           f"(config.json + weights + tokenizer)")
     path = Path(model.path)
-    if model.prepare and path.exists():
-        reason = unsafe_target(model, role)
-        if reason:
-            raise ConfigError(reason)
+    reason = unsafe_target(model, role)
+    if reason:
+        raise ConfigError(reason)
     if not path.exists():
         if model.prepare:
             check_prepare(model, role)

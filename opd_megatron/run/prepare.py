@@ -13,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 from opd_megatron.config.load import read_recipe_layers
 from opd_megatron.config.schema import RANDOM_BPE_PREFIX, RANDOM_PREFIX, RANDOM_PREFIXES, ModelConfig
@@ -88,8 +87,9 @@ def ensure_model(model: ModelConfig, role: str, run_recipe: Callable[[str], Path
     spec, dst = model.prepare, Path(model.path)
     digest = prepare_hash(spec)
     seed = int(digest[:8], 16) % (2**31)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.prepare-", dir=dst.parent))
+    from opd_megatron.learner.hf_io import commit_dir, temp_sibling
+
+    tmp = temp_sibling(dst)
     try:
         shapes = {"teacher": tiny.TEACHER_SHAPE, "student": tiny.STUDENT_SHAPE}
         if spec.startswith(RANDOM_BPE_PREFIX):
@@ -100,14 +100,8 @@ def ensure_model(model: ModelConfig, role: str, run_recipe: Callable[[str], Path
             print(f"[prepare] {role}: building {dst} with {spec} (cached afterwards)", flush=True)
             shutil.copytree(run_recipe(spec), tmp, dirs_exist_ok=True)
         (tmp / STAMP).write_text(json.dumps({"hash": digest, "prepare": spec}, indent=1))
-        old = None
-        if dst.exists():  # built by prepare (stamped) or empty: unsafe_target said so
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.replaced-", dir=dst.parent))
-            dst.rename(old / dst.name)
-        tmp.rename(dst)
+        commit_dir(tmp, dst)  # replaces what is there: built by prepare or empty (unsafe_target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if old is not None:
-        shutil.rmtree(old)
     return True

@@ -74,7 +74,7 @@ def check_start(cfg: Config) -> None:
         raise ConfigError(f"run.output_dir: {existing} is not a writable directory (the run would write "
                           f"{target}); set run.output_dir to one you can write")
     from opd_megatron.config.layout import server_ports
-    from opd_megatron.engines.apikey import is_loopback
+    from opd_megatron.engines.apikey import check_router
     from opd_megatron.engines.launcher import check_cpu_stack, check_gpu_stack, check_port_free, resolve_device
     from opd_megatron.methods import needs_teacher_servers
 
@@ -82,9 +82,7 @@ def check_start(cfg: Config) -> None:
     teacher = needs_teacher_servers(cfg) and not e.teacher.urls
     if e.student.urls and not teacher:
         return
-    if e.router and e.student.num_servers > 1 and not e.student.urls and not is_loopback(e.host):
-        raise ConfigError(f"engines.router: the router would listen on {e.host}, and sglang-router checks no "
-                          f"API key from its callers; set engines.router=false or engines.host=127.0.0.1")
+    check_router(e, e.host, "the router would listen on")
     check_cpu_stack() if resolve_device(e) == "cpu" else check_gpu_stack()
     ports = server_ports(e, teacher_servers=teacher)
     for port in ([] if e.student.urls else [*ports.student, *([ports.router] if ports.router else [])]) + \
