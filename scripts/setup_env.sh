@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3.11}
-inputs=(pyproject.toml requirements/constraints.txt requirements/sglang-cpu.txt scripts/setup_env.sh)
+inputs=(pyproject.toml requirements/constraints.txt requirements/sglang-cpu.txt requirements/ifeval-reference.txt scripts/setup_env.sh)
 [ -d shims ] && while IFS= read -r f; do inputs+=("$f"); done < <(find shims -type f -not -path '*/__pycache__/*' | sort)
 hash=$(cat "${inputs[@]}" | sha256sum | cut -c1-16)
 stamp="$VENV/.opd-setup-$hash"
@@ -29,6 +29,7 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_avail
   rm -rf shims/*/build shims/*/*.egg-info
 fi
 "${pip[@]}" -c requirements/constraints.txt -e ".[test]"
+"${pip[@]}" -c requirements/constraints.txt --no-deps -r requirements/ifeval-reference.txt
 rm -f "$VENV"/.opd-setup-*
 touch "$stamp"
 echo "setup: done"

@@ -121,6 +121,13 @@ CASES = [
     ("prepare-over-a-user-model", ["student.prepare=tiny-random:student"],
      lambda d: (d / "student" / ".opd-prepare.json").unlink(missing_ok=True), "student.prepare=null"),
     ("lora-target-twice", ["lora.rank=8", "lora.targets=[linear_qkv,linear_qkv]"], None, "lora.targets"),
+    ("kl-at-learner-without-sampled-kl", ["objective.kl_estimator=full_vocab", "objective.teacher_top_k=4",
+                                          "objective.kl_at=learner"], None, "objective.kl_at"),
+    ("staleness-with-megatron-teacher", ["rollout.max_staleness=1", "objective.teacher_backend=megatron"], None,
+     "rollout.max_staleness"),
+    ("stream-without-teacher-scoring", ["objective.method=sft", "rollout.stream_chunks=2"], None,
+     "rollout.stream_chunks"),
+    ("stream-more-chunks-than-prompts", ["rollout.stream_chunks=5"], None, "rollout.stream_chunks"),
 ]
 
 
@@ -145,6 +152,7 @@ EDGES = [
     ("cluster.num_nodes", "0"), ("cluster.gpus_per_node", "-1"), ("cluster.signal_s", "-1"),
     ("continual.rounds", "0"), ("continual.midtrain_lr", "0"), ("objective.discount", "-0.01"),
     ("optim.lr", "nan"), ("rollout.top_p", ".inf"), ("objective.kl_coef", "-.inf"),
+    ("rollout.max_staleness", "2"), ("rollout.stream_chunks", "1"),
 ]
 CASES += [(f"edge-{key}={bad}", [f"{key}={bad}"], None, key) for key, bad in EDGES]
 

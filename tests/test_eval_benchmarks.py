@@ -9,7 +9,7 @@ import re
 import pytest
 
 from opd_megatron.errors import ConfigError
-from opd_megatron.evaluation import (PRESETS, SamplingParams, arithmetic_benchmark, evaluate,
+from opd_megatron.evaluation import (PROTOCOLS, SamplingParams, arithmetic_benchmark, evaluate,
                                      load_benchmark, preset, sampling_from_eval_config)
 from opd_megatron.evaluation.opd_eval import cli_main
 
@@ -92,18 +92,51 @@ def test_arithmetic_benchmark_uses_the_task_grader():
     assert evaluate(bench, wrong, SamplingParams()).avg_at_k == 0.0
 
 
-def test_presets_and_eval_config():
+def test_protocols_per_benchmark_and_eval_config():
     from opd_megatron.config.schema import EvalConfig
 
-    q = PRESETS["qwen3"]
-    assert (q.temperature, q.top_p, q.top_k, q.num_samples, q.max_new_tokens) == (0.6, 0.95, 20, 64, 38912)
-    assert PRESETS["tml"].num_samples == 32
-    assert preset("qwen3", num_samples=8, seed=3).num_samples == 8
-    assert sampling_from_eval_config(EvalConfig(preset="tml")).num_samples == 32
-    own = sampling_from_eval_config(EvalConfig(samples_per_prompt=3, temperature=1.0))
+    aime, math500 = preset("qwen3", "aime24"), preset("qwen3", "math500")
+    assert (aime.temperature, aime.top_p, aime.top_k, aime.num_samples, aime.max_new_tokens) == (0.6, 0.95, 20, 64, 38912)
+    assert (math500.num_samples, math500.max_new_tokens) == (1, 32768)  # the report's length outside AIME
+    assert preset("tml", "aime24").num_samples == 32 and PROTOCOLS["qwen3"].thinking is True
+    assert preset("qwen3", "aime25", num_samples=8, seed=3).num_samples == 8
+    assert sampling_from_eval_config(EvalConfig(preset="tml"), benchmark="aime24").num_samples == 32
+    own = sampling_from_eval_config(EvalConfig(samples_per_prompt=3, temperature=1.0), benchmark="aime24")
     assert (own.num_samples, own.temperature) == (3, 1.0)
     with pytest.raises(ConfigError, match="unknown eval preset"):
         preset("qwen4")
+
+
+def test_each_number_names_its_protocol(tmp_path):
+    """The loop's hook samples each benchmark with its protocol's settings and prompt; the report
+    puts the protocol beside every benchmark number; opd eval prints it and writes it."""
+    from opd_megatron.config.schema import EvalConfig
+    from opd_megatron.evaluation import evaluate_benchmarks
+    from opd_megatron.report.render import _benchmark_section
+
+    rows = [{"Question": "Which?", "Correct Answer": "right", "Incorrect Answer 1": "w1",
+             "Incorrect Answer 2": "w2", "Incorrect Answer 3": "w3"}]
+    files = {"aime24": _jsonl(tmp_path / "a.jsonl", AIME_ROWS), "gpqa_diamond": _jsonl(tmp_path / "g.jsonl", rows)}
+    seen = {}
+
+    def sampler(prompts, n, s):
+        seen.setdefault("prompts", []).extend(prompts)
+        seen.setdefault("samples", []).append(s.num_samples)
+        return [["no"] * n for _ in prompts]
+
+    cfg = EvalConfig(benchmarks=["aime24", "gpqa_diamond"], preset="qwen3")
+    out = evaluate_benchmarks(cfg, sampler, data_files=files)
+    assert seen["samples"] == [64, 1] and set(out) >= {"aime24_avg_at_k", "gpqa_diamond_avg_at_k"}
+    assert '`"answer": "C"`' in seen["prompts"][-1]  # Qwen's multiple-choice instruction
+    records = [{"step": 0, **out}, {"step": 5, **out}]
+    table = "\n".join(_benchmark_section(records, {"eval": {"preset": "qwen3"}}))
+    assert "| aime24 | 0.0% (step 0) | 0.0% (step 5) | qwen3 (thinking; T 0.6, top-p 0.95, top-k 20, 64 samples, " \
+           "max 38912 tokens): Qwen3 technical report" in table
+    assert "gpqa_diamond" in table and "1 samples, max 32768 tokens" in table
+    own = "\n".join(_benchmark_section(records, {"eval": {"preset": "none", "temperature": 1.0, "top_p": 1.0,
+                                                          "top_k": -1, "samples_per_prompt": 2, "max_new_tokens": 9}}))
+    assert "own settings (eval.preset none; template default; T 1.0, top-p 1.0, top-k -1, 2 samples, max 9" in own
+    assert _benchmark_section([{"step": 0, "accuracy": 0.5}], {}) == ["No benchmarks evaluated (eval.benchmarks is empty)."]
 
 
 def test_evaluate_benchmarks_hook_for_the_loop(tmp_path):
@@ -149,6 +182,7 @@ def test_cli_with_injected_sampler_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["num_problems"] == 10 and data["pass_at_k"]["4"] == 1.0
     assert data["avg_at_k"] == pytest.approx(0.75)
+    assert data["protocol"].startswith("tml (thinking; T 0.6, top-p 0.95, top-k 20, 4 samples")
     assert "avg@4" in capsys.readouterr().out
 
 

@@ -97,6 +97,13 @@ def test_chat_template_is_chatml_with_thinking(tok):
     assert tok.apply_chat_template(CONVERSATION[:2], tokenize=False, add_generation_prompt=True,
                                    enable_thinking=False) == (
         PROMPT_TEXT + "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    # encode_prompt passes an eval protocol's thinking mode to the template (None: its default)
+    from opd_megatron.data.prompts import encode_prompt
+
+    user = CONVERSATION[1]["content"]
+    default, on = encode_prompt(tok, user, "tokenizer"), encode_prompt(tok, user, "tokenizer", thinking=True)
+    off = encode_prompt(tok, user, "tokenizer", thinking=False)
+    assert default == on and tok.decode(off).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     # an earlier turn's reasoning is dropped, as Qwen3's template does
     two_turns = CONVERSATION + [{"role": "user", "content": "Again?"}]
     assert "gcd" not in tok.apply_chat_template(two_turns, tokenize=False)

@@ -178,6 +178,13 @@ class RolloutConfig:
     """Nucleus sampling mass."""
     top_k: int = ranged(-1, "-1 (off) or >= 1", lambda v: v == -1 or v >= 1)
     """Top-k sampling; -1 disables."""
+    max_staleness: int = ranged(0, "0 or 1", lambda v: v in (0, 1))
+    """Weight versions a training rollout may lag the learner by. 0: the synchronous loop (sample,
+    score, train, push). 1: while the learner trains step n the servers sample and score step n+1
+    with the weights they hold, and the push lands after that batch (between requests)."""
+    stream_chunks: int = ranged(0, "0 (off) or >= 2", lambda v: v == 0 or v >= 2)
+    """0: the teacher scores a step's rollouts once all are sampled. N >= 2: the step's prompts go
+    out as N batches (one server each, in a fixed order) and each is scored as soon as it is sampled."""
 
 
 @dataclass
@@ -190,6 +197,9 @@ class ObjectiveConfig:
     """Discount of future per-token KL terms (0: each token only its own, the TML recipe)."""
     reward_weight: float = ranged(0.0, ">= 0", lambda v: v >= 0)
     """Weight of the group-normalised environment reward (rl: 1, opd+reward: >0)."""
+    kl_at: str = choice("sampler", ("sampler", "learner"))
+    """Student logprob in the sampled-token reverse KL: sampler (the rollout's own, the TML form) |
+    learner (recomputed by the learner before the step: what stale rollouts need, as in AsyncOPD)."""
     kl_estimator: str = choice("sampled_token", ("sampled_token", "full_vocab"))
     """sampled_token (logp_s - logp_t on the sampled token) | full_vocab (exact KL per position)."""
     divergence: str = choice("reverse_kl", ("reverse_kl", "forward_kl", "jsd"))
@@ -341,7 +351,9 @@ class EvalConfig:
     max_new_tokens: int = ranged(48, ">= 1", lambda v: v >= 1)
     """Eval response length."""
     preset: str = choice("none", ("none", "qwen3", "tml"))
-    """none | qwen3 (T 0.6, top-p 0.95, top-k 20, 64 samples) | tml (32 samples)."""
+    """Evaluation protocol of eval.benchmarks (opd_megatron.evaluation.suite.PROTOCOLS): none (the
+    fields above) | qwen3 (Qwen3 report: thinking, T 0.6, top-p 0.95, top-k 20, 32,768 tokens; AIME
+    38,912 tokens x 64 samples) | tml (the same, AIME x 32 samples). The report names it per number."""
     benchmarks: List[str] = field(default_factory=list)
     """Extra benchmarks at every eval, on the student servers: aime24 | aime25 | math500 |
     gpqa_diamond | ifeval (datasets at run time) | arithmetic (the tiny task)."""

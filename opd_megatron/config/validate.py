@@ -81,6 +81,10 @@ def check_objective(cfg: Config) -> None:
     if o.kl_estimator == "full_vocab" and o.teacher_top_k < 1 and o.teacher_backend != "megatron":
         raise ConfigError("objective.teacher_top_k: must be >= 1 for kl_estimator full_vocab with an "
                           "SGLang teacher (set it to the vocab size for the exact KL)")
+    r = cfg.rollout
+    if r.stream_chunks > r.prompts_per_step:
+        raise ConfigError(f"rollout.stream_chunks: {r.stream_chunks} batches exceed rollout.prompts_per_step "
+                          f"({r.prompts_per_step}); use at most one batch per prompt")
     if 0 < cfg.data.num_heldout < cfg.eval.num_prompts:  # 0: no in-loop accuracy, nothing to fit
         raise ConfigError(f"eval.num_prompts: {cfg.eval.num_prompts} exceeds data.num_heldout "
                           f"({cfg.data.num_heldout}), the held-out prompts it is drawn from")

@@ -109,10 +109,12 @@ class PromptSource:
         return Prompt(head, None, rest)
 
 
-def encode_prompt(tokenizer, text: str, chat_template: str) -> List[int]:
-    """Token ids of a prompt, optionally through the tokenizer's chat template."""
+def encode_prompt(tokenizer, text: str, chat_template: str, thinking: Optional[bool] = None) -> List[int]:
+    """Token ids of a prompt, optionally through the tokenizer's chat template; ``thinking`` is the
+    template's ``enable_thinking`` (Qwen3's thinking mode), None leaving the template's default."""
     if chat_template == "tokenizer":
+        extra = {} if thinking is None else {"enable_thinking": thinking}
         # return_dict=False: transformers 5 returns a BatchEncoding otherwise (list() of it: its keys)
         return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
-                                                  add_generation_prompt=True, return_dict=False))
+                                                  add_generation_prompt=True, return_dict=False, **extra))
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -100,6 +100,12 @@ class EngineClient:
         return cls(list(urls), policy=policy, max_concurrency=engines.max_concurrency,
                    api_key=api_key, full_vocab_size=full_vocab_size, logits_width=logits_width)
 
+    def only(self, index: int) -> "EngineClient":
+        """A client of this one's ``index``-th URL alone (same policy, key and cache stats)."""
+        import dataclasses
+
+        return dataclasses.replace(self, urls=[self.urls[index % len(self.urls)]], stats=self.stats)
+
     # -- plumbing -------------------------------------------------------------------------
     def _session(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.max_concurrency))

@@ -111,7 +111,7 @@ def _math_problems(rows: Sequence[dict], name: str) -> List[EvalProblem]:
     return out
 
 
-def _gpqa_problems(rows: Sequence[dict], seed: int) -> List[EvalProblem]:
+def _gpqa_problems(rows: Sequence[dict], seed: int, prompt: str) -> List[EvalProblem]:
     out = []
     for i, row in enumerate(rows):
         missing = [f for f in GPQA_FIELDS if f not in row]
@@ -125,7 +125,7 @@ def _gpqa_problems(rows: Sequence[dict], seed: int) -> List[EvalProblem]:
         shuffled = {CHOICE_LETTERS[j]: options[k] for j, k in enumerate(order)}
         gold = CHOICE_LETTERS[order.index(0)]
         pid = str(row.get("Record ID", i))
-        out.append(EvalProblem(pid, GPQA_PROMPT.format(question=str(row["Question"]).strip(), **shuffled), gold))
+        out.append(EvalProblem(pid, prompt.format(question=str(row["Question"]).strip(), **shuffled), gold))
     return out
 
 
@@ -156,8 +156,10 @@ def _load_rows(name: str, data_files: Optional[str]) -> List[dict]:
 
 
 def load_benchmark(name: str, *, data_files: Optional[str] = None, limit: Optional[int] = None,
-                   seed: int = 0, min_ops: int = 2, max_ops: int = 4) -> Benchmark:
-    """Build a Benchmark by name; ``limit`` keeps the first N problems."""
+                   seed: int = 0, min_ops: int = 2, max_ops: int = 4,
+                   choice_prompt: Optional[str] = None) -> Benchmark:
+    """Build a Benchmark by name; ``limit`` keeps the first N problems; ``choice_prompt`` (an eval
+    protocol's) replaces GPQA_PROMPT, with the same fields."""
     if name not in BENCHMARKS:
         import difflib
 
@@ -172,7 +174,7 @@ def load_benchmark(name: str, *, data_files: Optional[str] = None, limit: Option
     if limit is not None:
         rows = rows[:limit]
     if HF_SOURCES[name].kind == "choice":
-        return Benchmark(name, _gpqa_problems(rows, seed), grade_choice, {"seed": seed})
+        return Benchmark(name, _gpqa_problems(rows, seed, choice_prompt or GPQA_PROMPT), grade_choice, {"seed": seed})
     if HF_SOURCES[name].kind == "ifeval":
         from opd_megatron.evaluation import ifeval
 

@@ -19,14 +19,14 @@ from typing import List, Optional, Sequence
 
 from opd_megatron.errors import ConfigError
 from opd_megatron.evaluation.benchmarks import BENCHMARKS, load_benchmark
-from opd_megatron.evaluation.suite import (PRESETS, GenerateFn, SamplingParams, client_generate_fn, evaluate,
-                                            preset)
+from opd_megatron.evaluation.suite import (PROTOCOLS, GenerateFn, SamplingParams, client_generate_fn, evaluate,
+                                            preset, protocol_line)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opd eval", description=__doc__.split("\n")[0])
     p.add_argument("--benchmark", required=True, help=f"one of {', '.join(BENCHMARKS)}")
-    p.add_argument("--preset", default="none", help=f"none | {' | '.join(PRESETS)}")
+    p.add_argument("--preset", default="none", help=f"evaluation protocol: none | {' | '.join(PROTOCOLS)}")
     p.add_argument("--server-url", help="SGLang server (or router) URL of the model to evaluate")
     p.add_argument("--tokenizer", help="tokenizer dir/name (default: the tiny char tokenizer, "
                                        "arithmetic only)")
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def engine_generate_fn(server_url: str, tokenizer, chat_template: str,
-                       model_dir: Optional[str] = None) -> GenerateFn:
+                       model_dir: Optional[str] = None, thinking: Optional[bool] = None) -> GenerateFn:
     """A generate_fn backed by the project's SGLang client; ``model_dir`` (the tokenizer's
     directory, when it holds the model's config.json) tells the padded output rows, which
     are then never sampled."""
@@ -57,7 +57,7 @@ def engine_generate_fn(server_url: str, tokenizer, chat_template: str,
     width = json.loads(config.read_text()).get("vocab_size") if model_dir and config.is_file() else None
     client = EngineClient.from_config([server_url], EnginesConfig(), full_vocab_size=len(tokenizer),
                                       logits_width=width)
-    return client_generate_fn(client, tokenizer, chat_template)
+    return client_generate_fn(client, tokenizer, chat_template, thinking=thinking)
 
 
 def _tokenizer(path: Optional[str], benchmark: str):
@@ -76,29 +76,32 @@ def _tokenizer(path: Optional[str], benchmark: str):
     return build_tokenizer()
 
 
-def format_result(result) -> str:
-    s = result.sampling
+def format_result(result, preset_name: str = "none") -> str:
     ks = ", ".join(f"pass@{k} {100 * v:.1f}" for k, v in result.pass_at_k.items())
-    return (f"{result.benchmark}: {result.num_problems} problems x {result.num_samples} samples "
-            f"(T {s.temperature}, top-p {s.top_p}, top-k {s.top_k}, max {s.max_new_tokens} tokens): "
-            f"avg@{result.num_samples} {100 * result.avg_at_k:.1f} | {ks}")
+    return (f"{result.benchmark}: {result.num_problems} problems x {result.num_samples} samples: "
+            f"avg@{result.num_samples} {100 * result.avg_at_k:.1f} | {ks}\n"
+            f"  protocol: {protocol_line(preset_name, result.benchmark, result.sampling)}")
 
 
 def cli_main(argv: Sequence[str], generate_fn: Optional[GenerateFn] = None) -> int:
     """`opd eval ...`; ``generate_fn`` replaces the server (used by the loop and tests)."""
     args = _parser().parse_args(list(argv))
-    sampling = preset(args.preset, num_samples=args.samples, max_new_tokens=args.max_new_tokens,
+    sampling = preset(args.preset, args.benchmark, num_samples=args.samples, max_new_tokens=args.max_new_tokens,
                       temperature=args.temperature, seed=args.seed)
+    protocol = PROTOCOLS.get(args.preset)
     if generate_fn is None and not args.server_url:
         raise ConfigError("opd eval: pass --server-url URL of an SGLang server serving the model")
-    bench = load_benchmark(args.benchmark, data_files=args.data_file, limit=args.limit, seed=args.seed)
+    bench = load_benchmark(args.benchmark, data_files=args.data_file, limit=args.limit, seed=args.seed,
+                           choice_prompt=protocol.choice_prompt if protocol else None)
     if generate_fn is None:
         generate_fn = engine_generate_fn(args.server_url, _tokenizer(args.tokenizer, args.benchmark),
-                                         args.chat_template, args.tokenizer)
+                                         args.chat_template, args.tokenizer,
+                                         thinking=protocol.thinking if protocol else None)
     result = evaluate(bench, generate_fn, sampling)
-    print(format_result(result))
+    print(format_result(result, args.preset))
     if args.output:
-        Path(args.output).write_text(json.dumps(result.as_dict(), indent=2))
+        record = dict(result.as_dict(), protocol=protocol_line(args.preset, args.benchmark, sampling))
+        Path(args.output).write_text(json.dumps(record, indent=2))
     return 0
 
 

@@ -8,7 +8,7 @@ SGLang student servers, ``opd eval`` one backed by a server URL, tests a local f
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from opd_megatron.errors import ConfigError
 from opd_megatron.evaluation.benchmarks import Benchmark
@@ -28,38 +28,84 @@ class SamplingParams:
     seed: int = 0
 
 
-PRESETS: Dict[str, SamplingParams] = {
-    # Qwen3 technical report: thinking mode, T 0.6, top-p 0.95, top-k 20, 38,912 output tokens,
-    # pass@1 averaged over 64 samples.
-    "qwen3": SamplingParams(temperature=0.6, top_p=0.95, top_k=20, num_samples=64,
-                            max_new_tokens=38912),
-    # TML blog: AIME with 32 samples per problem; the blog gives no other sampling setting,
-    # so the rest follows Qwen3's recommended thinking-mode sampling.
-    "tml": SamplingParams(temperature=0.6, top_p=0.95, top_k=20, num_samples=32,
-                          max_new_tokens=38912),
+@dataclass(frozen=True)
+class Protocol:
+    """A published evaluation protocol: sampling per benchmark, thinking mode, the choice prompt,
+    and where each setting is documented (``source``, printed beside every number it produced)."""
+
+    name: str
+    source: str
+    default: SamplingParams
+    benchmarks: Tuple[Tuple[str, SamplingParams], ...] = ()
+    """Per-benchmark sampling where the document sets it apart (AIME's length and samples)."""
+    thinking: Optional[bool] = None
+    """``enable_thinking`` for the chat template; None leaves the template's default."""
+    choice_prompt: Optional[str] = None
+    """The multiple-choice (GPQA) prompt; None: benchmarks.GPQA_PROMPT."""
+
+    def sampling(self, benchmark: Optional[str] = None) -> SamplingParams:
+        return dict(self.benchmarks).get(benchmark or "", self.default)
+
+
+_QWEN3_THINKING = SamplingParams(temperature=0.6, top_p=0.95, top_k=20, num_samples=1, max_new_tokens=32768)
+_AIME = ("aime24", "aime25")
+# Qwen's model-card instruction for multiple-choice benchmarks (answer in a JSON "answer" field).
+QWEN_CHOICE_PROMPT = ("{question}\n\nA) {A}\nB) {B}\nC) {C}\nD) {D}\n\nPlease show your choice in the "
+                      '`answer` field with only the choice letter, e.g., `"answer": "C"`.')
+PROTOCOLS: Dict[str, Protocol] = {
+    "qwen3": Protocol(
+        "qwen3",
+        "Qwen3 technical report, evaluation of thinking models: thinking mode, T 0.6, top-p 0.95, top-k 20, "
+        "32,768 output tokens (38,912 for AIME'24/'25), AIME pass@1 averaged over 64 samples per problem; "
+        "the report states no sample count for MATH500/GPQA-Diamond/IFEval (1 here); prompts from Qwen's "
+        "model card (math: reason step by step, answer in \\boxed{}; choice: the JSON answer field)",
+        _QWEN3_THINKING, tuple((b, replace(_QWEN3_THINKING, num_samples=64, max_new_tokens=38912)) for b in _AIME),
+        thinking=True, choice_prompt=QWEN_CHOICE_PROMPT),
+    "tml": Protocol(
+        "tml",
+        "TML blog (On-Policy Distillation): AIME'24 averaged over 32 samples per problem; the blog gives no "
+        "other sampling setting, so thinking mode, T 0.6, top-p 0.95, top-k 20 and the lengths follow the "
+        "Qwen3 report (its student is Qwen3-8B-Base after reasoning SFT)",
+        _QWEN3_THINKING, tuple((b, replace(_QWEN3_THINKING, num_samples=32, max_new_tokens=38912)) for b in _AIME),
+        thinking=True, choice_prompt=QWEN_CHOICE_PROMPT),
 }
+PRESETS = PROTOCOLS  # eval.preset names a protocol
 
 GenerateFn = Callable[[List[str], int, SamplingParams], List[List[str]]]
 
 
-def preset(name: str, **overrides) -> SamplingParams:
-    """A preset ('qwen3', 'tml', or 'none' for defaults) with fields overridden."""
+def preset(name: str, benchmark: Optional[str] = None, **overrides) -> SamplingParams:
+    """A protocol's sampling for ``benchmark`` ('none': defaults), with fields overridden."""
     if name == "none":
         base = SamplingParams()
-    elif name in PRESETS:
-        base = PRESETS[name]
+    elif name in PROTOCOLS:
+        base = PROTOCOLS[name].sampling(benchmark)
     else:
-        raise ConfigError(f"unknown eval preset {name!r}; use one of none, {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown eval preset {name!r}; use one of none, {', '.join(PROTOCOLS)}")
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def sampling_from_eval_config(eval_cfg, seed: int = 0) -> SamplingParams:
-    """SamplingParams from a schema EvalConfig: the preset when set, else its own fields."""
+def sampling_from_eval_config(eval_cfg, seed: int = 0, benchmark: Optional[str] = None) -> SamplingParams:
+    """SamplingParams from a schema EvalConfig: the preset's for ``benchmark`` when set, else its own fields."""
     if eval_cfg.preset != "none":
-        return preset(eval_cfg.preset, seed=seed)
+        return preset(eval_cfg.preset, benchmark, seed=seed)
     return SamplingParams(temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
                           top_k=eval_cfg.top_k, num_samples=eval_cfg.samples_per_prompt,
                           max_new_tokens=eval_cfg.max_new_tokens, seed=seed)
+
+
+def describe_sampling(s: SamplingParams) -> str:
+    return (f"T {s.temperature}, top-p {s.top_p}, top-k {s.top_k}, {s.num_samples} samples, "
+            f"max {s.max_new_tokens} tokens")
+
+
+def protocol_line(preset_name: str, benchmark: str, sampling: SamplingParams) -> str:
+    """Which protocol produced a benchmark's number: the preset, what it sets, where it is documented."""
+    if preset_name in PROTOCOLS:
+        p = PROTOCOLS[preset_name]
+        mode = "thinking" if p.thinking else "template default"
+        return f"{p.name} ({mode}; {describe_sampling(sampling)}): {p.source}"
+    return f"own settings (eval.preset none; template default; {describe_sampling(sampling)})"
 
 
 @dataclass
@@ -135,24 +181,26 @@ def evaluate_benchmarks(eval_cfg, generate_fn: GenerateFn, *, seed: int = 0,
 
     if data_files is None:
         data_files = dict(getattr(eval_cfg, "benchmark_files", None) or {})
-    sampling = sampling_from_eval_config(eval_cfg, seed=seed)
+    protocol = PROTOCOLS.get(eval_cfg.preset)
     out: Dict[str, float] = {}
     for name in eval_cfg.benchmarks:
-        bench = load_benchmark(name, data_files=(data_files or {}).get(name), seed=seed)
-        result = evaluate(bench, generate_fn, sampling)
+        bench = load_benchmark(name, data_files=(data_files or {}).get(name), seed=seed,
+                               choice_prompt=protocol.choice_prompt if protocol else None)
+        result = evaluate(bench, generate_fn, sampling_from_eval_config(eval_cfg, seed=seed, benchmark=name))
         out[f"{name}_avg_at_k"] = result.avg_at_k
         out.update({f"{name}_pass_at_{k}": v for k, v in result.pass_at_k.items()})
     return out
 
 
 def client_generate_fn(client, tokenizer, chat_template: str,
-                       stop_token_ids: Optional[List[int]] = None) -> GenerateFn:
+                       stop_token_ids: Optional[List[int]] = None, thinking: Optional[bool] = None) -> GenerateFn:
     """A generate_fn over an EngineClient (``opd eval`` and the loop's eval.benchmarks);
-    ``stop_token_ids`` also end a response (the id of ``data.eos_token`` when it is set)."""
+    ``stop_token_ids`` also end a response (the id of ``data.eos_token`` when it is set);
+    ``thinking`` is the chat template's ``enable_thinking`` (None: the template's default)."""
     from opd_megatron.data import encode_prompt
 
     def generate(prompts: List[str], n: int, s: SamplingParams) -> List[List[str]]:
-        ids = [encode_prompt(tokenizer, p, chat_template) for p in prompts]
+        ids = [encode_prompt(tokenizer, p, chat_template, thinking=thinking) for p in prompts]
         rollouts = client.generate(ids, samples_per_prompt=n, max_new_tokens=s.max_new_tokens,
                                    temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                    seed=s.seed, stop_token_ids=stop_token_ids)

@@ -45,11 +45,15 @@ def pack_rollouts(rollouts: List[Rollout], pad_id: int, *, with_topk: bool = Fal
                       teacher_topk_logprobs=topk_lp)
 
 
-def add_advantages(batch: TrainBatch, rollouts: List[Rollout], objective: ObjectiveConfig) -> TrainBatch:
-    """Fill batch.advantages (reverse-KL term and/or group-normalised reward, per the method)."""
+def add_advantages(batch: TrainBatch, rollouts: List[Rollout], objective: ObjectiveConfig,
+                   student_logprobs_BT: Optional[torch.Tensor] = None) -> TrainBatch:
+    """Fill batch.advantages (reverse-KL term and/or group-normalised reward, per the method).
+    ``student_logprobs_BT`` (objective.kl_at=learner) replaces the sampler's logprobs in the KL
+    term; the importance ratio always uses the sampler's."""
     needs_kl = sampled_token_kl(objective)
+    student = batch.sampler_logprobs if student_logprobs_BT is None else student_logprobs_BT
     batch.advantages = obj.build_advantages(
-        objective, batch.response_mask, sampler_logprobs_BT=batch.sampler_logprobs,
+        objective, batch.response_mask, sampler_logprobs_BT=student,
         teacher_logprobs_BT=batch.teacher_logprobs if needs_kl else None,
         rewards_B=torch.tensor([r.reward or 0.0 for r in rollouts], dtype=torch.float32),
         group_ids_B=batch.group_ids)

@@ -1,4 +1,4 @@
-"""The run report's Markdown: final metrics, FLOPs by role, time by stage, plots, the
+"""The run report's Markdown: final metrics, benchmarks with their protocols, FLOPs by role, time by stage, plots, the
 environment and the resolved config.
 
 Pure functions over what was read from a run directory (records of metrics.jsonl,
@@ -54,6 +54,29 @@ def _flops_section(flops: Dict[str, float]) -> List[str]:
     return _table(["role", "FLOPs", "share"], rows)
 
 
+def _benchmark_section(records: List[dict], config: dict) -> List[str]:
+    """eval.benchmarks at the first and last evaluation, each with the protocol that produced it."""
+    from types import SimpleNamespace
+
+    from opd_megatron.evaluation.suite import protocol_line, sampling_from_eval_config
+
+    suffix = "_avg_at_k"
+    evals = [r for r in records if any(k.endswith(suffix) for k in r)]
+    names = sorted({k[:-len(suffix)] for r in evals for k in r if k.endswith(suffix)})
+    if not names:
+        return ["No benchmarks evaluated (eval.benchmarks is empty)."]
+    eval_cfg = SimpleNamespace(**{"preset": "none", **(config.get("eval") or {})})
+    rows = []
+    for name in names:
+        seen = [r for r in evals if isinstance(r.get(name + suffix), (int, float))]
+        first, last = seen[0], seen[-1]
+        sampling = sampling_from_eval_config(eval_cfg, benchmark=name)
+        rows.append([name, f"{fmt(first[name + suffix], pct=True)} (step {first.get('step')})",
+                     f"{fmt(last[name + suffix], pct=True)} (step {last.get('step')})",
+                     protocol_line(eval_cfg.preset, name, sampling)])
+    return _table(["benchmark", "avg@k first", "avg@k last", "protocol"], rows)
+
+
 def _env_section(env: Dict[str, Any], env_note: str, config: dict, summary: Optional[dict]) -> List[str]:
     hw = env.get("hardware") or {}
     sha = env.get("git_sha") or "unknown (not a git checkout, or no commit yet)"
@@ -93,11 +116,16 @@ def render_report(run_dir: Path, config_text: str, config: dict, records: List[d
         ["reverse KL before -> after (nats/token)", f"{fmt(o.get('reverse_kl_before'))} -> "
                                                     f"{fmt(o.get('reverse_kl_after'))}"],
         ["skipped steps", fmt(o.get("num_skipped_steps"))]])
+    lines += ["", "## Benchmarks", ""] + _benchmark_section(records, config)
     lines += ["", "## FLOPs by role", "", "Per token: 2N forward (+ attention), 6N training "
               "(opd_megatron.plan.flops), counted from the tokens processed.", ""]
     lines += _flops_section(final_flops(records, summary))
     stages = stage_totals(records, summary)
     lines += ["", "## Time by stage", ""]
+    if any(k.startswith("overlap:") for k in stages):
+        lines += ["Stages marked `overlap:` ran beside the loop (the next batch sampled while the learner "
+                  "trained, or a server's busy time inside a stream): they are not part of the wall time the "
+                  "other rows add up to.", ""]
     lines += _table(["stage", "seconds"], [[k, f"{v:.2f}"] for k, v in stages.items()]) if stages else ["No stage times recorded."]
     lines += ["", "## Plots", ""]
     lines += [f"![{title}]({fname})" for title, fname in images.items()] or ["No plots (no data, or plots disabled)."]

@@ -60,9 +60,12 @@ class Evaluator:
         out["reverse_kl"] = self.reverse_kl()
         if self.cfg.eval.benchmarks:
             from opd_megatron.evaluation import client_generate_fn, evaluate_benchmarks
+            from opd_megatron.evaluation.suite import PROTOCOLS
 
+            protocol = PROTOCOLS.get(self.cfg.eval.preset)
             generate = client_generate_fn(servers.student, self.tokenizer, self.cfg.data.chat_template,
-                                          stop_token_ids=self.stages.stop_token_ids)
+                                          stop_token_ids=self.stages.stop_token_ids,
+                                          thinking=protocol.thinking if protocol else None)
             out.update(evaluate_benchmarks(self.cfg.eval, generate, seed=self.cfg.run.seed,
                                            data_files=self.cfg.eval.benchmark_files))
         return out

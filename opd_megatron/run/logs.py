@@ -38,6 +38,11 @@ class StageTimer:
             self.step_s[name] = self.step_s.get(name, 0.0) + dt
             self.total_s[name] = self.total_s.get(name, 0.0) + dt
 
+    def add(self, name: str, seconds: float) -> None:
+        """Count ``seconds`` of a stage timed elsewhere (a server's busy time inside a stream)."""
+        self.step_s[name] = self.step_s.get(name, 0.0) + seconds
+        self.total_s[name] = self.total_s.get(name, 0.0) + seconds
+
     def pop_step(self) -> Dict[str, float]:
         out, self.step_s = self.step_s, {}
         return {k: round(v, 4) for k, v in out.items()}

@@ -18,6 +18,7 @@ from opd_megatron.errors import EXIT_OK, EXIT_PREEMPTED, RuntimeFailure
 from opd_megatron.methods import full_vocab_kl, method_of
 from opd_megatron.objective.batching import add_advantages, pack_rollouts, response_lengths, sampled_reverse_kl
 from opd_megatron.run.logs import StageTimer
+from opd_megatron.run.pipeline import Ahead
 
 
 @dataclass
@@ -42,6 +43,10 @@ class Components:
     """Stop after this step as a preempted run does (a rehearsal's checkpoint and resume)."""
     num_skipped: int = 0
     timer: StageTimer = field(default_factory=StageTimer)
+    stream: Optional[Callable] = None
+    """(prompts, busy) -> rollouts sampled and scored as a stream (rollout.stream_chunks), or None."""
+    pending: Optional[list] = None
+    """rollout.max_staleness=1: the next step's rollouts, sampled while this step trained (checkpointed)."""
 
 
 def run(c: Components) -> int:
@@ -75,22 +80,27 @@ def run(c: Components) -> int:
 
 
 def train(c: Components, start_step: int) -> int:
-    """Run steps start_step+1 .. num_steps; returns the last completed step."""
+    """Run steps start_step+1 .. num_steps; returns the last completed step. With
+    rollout.max_staleness=1 the next step's batch is sampled and scored while this one trains, and
+    the weight push waits for it (it lands between requests, never inside one)."""
     cfg, step = c.cfg, start_step
     with_topk = full_vocab_kl(cfg.objective)
     on_policy = method_of(cfg.objective).on_policy
     while step < cfg.run.num_steps:
         t0 = time.perf_counter()
-        with c.timer.stage("rollout"):
-            rollouts = c.sample(c.prompts.take(cfg.rollout.prompts_per_step))
-        if c.score is not None:
-            with c.timer.stage("teacher_score"):
-                c.score(rollouts)
+        rollouts = c.pending if c.pending is not None else _rollouts(c, c.prompts.take(cfg.rollout.prompts_per_step))
+        c.pending, ahead = None, None
+        if cfg.rollout.max_staleness and step + 2 <= cfg.run.num_steps:
+            prompts = c.prompts.take(cfg.rollout.prompts_per_step)
+            ahead = Ahead(lambda p=prompts: _rollouts(c, p, overlapped=True))
         if c.reward is not None:
             c.reward(rollouts)
-        batch = add_advantages(pack_rollouts(rollouts, c.pad_id, with_topk=with_topk), rollouts, cfg.objective)
+        batch = pack_rollouts(rollouts, c.pad_id, with_topk=with_topk)
+        batch = add_advantages(batch, rollouts, cfg.objective, student_logprobs_BT=_kl_logprobs(c, batch))
         step += 1
-        record = _learn(c, step, batch, rollouts, on_policy)
+        record = _learn(c, step, batch, rollouts, on_policy, push=ahead is None)
+        if ahead is not None:
+            c.pending = _join(c, ahead, prompts, step, push=on_policy and not record.get("skipped"))
         if cfg.eval.interval and step % cfg.eval.interval == 0 and step < cfg.run.num_steps:
             with c.timer.stage("eval"):
                 record.update(c.evaluate(step))
@@ -109,20 +119,63 @@ def train(c: Components, start_step: int) -> int:
     return step
 
 
-def _learn(c: Components, step: int, batch, rollouts, on_policy: bool) -> Dict[str, Any]:
-    """The learner step on ``batch`` and the weight push; returns the step's record. A batch, loss
-    or gradient that is not finite is skipped (no update, no push) or stops the run."""
+def _rollouts(c: Components, prompts, overlapped: bool = False) -> list:
+    """The step's rollouts, teacher-scored when the method scores; an overlapped batch's stage
+    times go under ``overlap:`` (they ran beside the learner, not in the step's own timeline)."""
+    pre = "overlap:" if overlapped else ""
+    if c.stream is not None:
+        with c.timer.stage(pre + "rollout"):
+            return c.stream(prompts, lambda role, s: c.timer.add(f"overlap:{role}_busy", s))
+    with c.timer.stage(pre + "rollout"):
+        rollouts = c.sample(prompts)
+    if c.score is not None:
+        with c.timer.stage(pre + "teacher_score"):
+            c.score(rollouts)
+    return rollouts
+
+
+def _join(c: Components, ahead: Ahead, prompts, step: int, push: bool) -> list:
+    """The overlapped batch, then the push of ``step``'s weights, between requests. A batch that
+    failed on its thread (a server died there) is sampled again here after the push, through the
+    loop's restart-and-resync path."""
+    try:
+        with c.timer.stage("wait_rollout"):
+            rollouts = ahead.result()
+    except RuntimeFailure as exc:
+        rollouts = None
+        print(f"[opd] the overlapped batch failed ({str(exc).splitlines()[0][:200]}); sampling it again "
+              "after the weight push", flush=True)
+    if push:
+        with c.timer.stage("weight_sync"):
+            c.sync(step)
+    return rollouts if rollouts is not None else _rollouts(c, prompts)
+
+
+def _kl_logprobs(c: Components, batch):
+    """objective.kl_at=learner: the learner's logprobs of the sampled tokens now, for the reverse KL."""
+    if c.cfg.objective.kl_at != "learner":
+        return None
+    with c.timer.stage("learner_logprobs"):
+        return c.learner.logprobs(batch).detach().float() * batch.response_mask
+
+
+def _learn(c: Components, step: int, batch, rollouts, on_policy: bool, push: bool = True) -> Dict[str, Any]:
+    """The learner step on ``batch`` and (``push``) the weight push; returns the step's record. A
+    batch, loss or gradient that is not finite is skipped (no update, no push) or stops the run."""
     if not _finite(batch):
         return _skip_or_stop(c, step, "teacher logprobs or advantages")
     with c.timer.stage("train"):
         metrics = c.learner.train_step(batch)
     if metrics.get("skipped"):  # the learner applied no update
         return _skip_or_stop(c, step, "loss or gradients")
-    if on_policy:  # off-policy sft samples the teacher: the student servers sync before eval only
+    if on_policy and push:  # off-policy sft samples the teacher: the student servers sync before eval only
         with c.timer.stage("weight_sync"):
             c.sync(step)
     c.flops.add_step(rollouts, batch)
     record = {"step": step, **metrics, "reverse_kl_sampled": sampled_reverse_kl(batch), **response_lengths(rollouts)}
+    if on_policy:  # versions the sampler's weights lagged the learner's (before this step) by
+        behind = [step - 1 - r.weight_version for r in rollouts]
+        record.update(staleness_mean=sum(behind) / len(behind), staleness_max=float(max(behind)))
     if c.reward is not None:
         record["reward_mean"] = sum(r.reward or 0.0 for r in rollouts) / len(rollouts)
     return record

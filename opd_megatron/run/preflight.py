@@ -24,7 +24,7 @@ from opd_megatron.engines.compat import check_eos_token, check_tokenizers_compat
 from opd_megatron.engines.apikey import check_key_source
 from opd_megatron.engines.http import health_ok
 from opd_megatron.errors import ConfigError
-from opd_megatron.methods import method_of, needs_teacher_model
+from opd_megatron.methods import method_of, needs_teacher_model, sampled_token_kl, uses_megatron_teacher
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
@@ -46,6 +46,17 @@ def check_method(cfg: Config) -> None:
     validate_objective(o)
     if o.kl_estimator == "full_vocab" and not method_of(o).distills:
         raise ConfigError(f"objective.kl_estimator: full_vocab applies to opd methods, not {o.method}")
+    r = cfg.rollout
+    if o.kl_at == "learner" and not sampled_token_kl(o):
+        raise ConfigError(f"objective.kl_at: learner changes the sampled-token reverse KL, which method "
+                          f"{o.method} with kl_estimator {o.kl_estimator} does not use; leave it at sampler")
+    if (r.max_staleness or r.stream_chunks) and uses_megatron_teacher(cfg):
+        key = "rollout.max_staleness" if r.max_staleness else "rollout.stream_chunks"
+        raise ConfigError(f"{key}: overlapping stages needs the teacher on SGLang servers; the Megatron "
+                          f"teacher (objective.teacher_backend=megatron) shares the learner's processes")
+    if r.stream_chunks and not (method_of(o).on_policy and method_of(o).distills):
+        raise ConfigError(f"rollout.stream_chunks: streams the student's rollouts to the teacher's scoring; "
+                          f"method {o.method} has no teacher scoring (use opd or opd+reward, or set it to 0)")
 
 
 def check_data_file(cfg: Config) -> None:

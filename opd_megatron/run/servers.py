@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -32,6 +33,7 @@ class Servers:
         from opd_megatron.engines.launcher import resolve_device
 
         self.cfg, self.log_dir = cfg, run_dir / "logs"
+        self._loop_thread = threading.get_ident()
         self.synced_version = 0  # servers start from the checkpoint the learner starts from
         self.num_restarts = 0
         self.weights: Callable[[], Dict[str, Any]] = dict
@@ -89,11 +91,27 @@ class Servers:
             return fn()
         return self.call(call)
 
+    async def aflush_teacher(self, index: int) -> None:
+        """Inside a teacher_call-like stream: empty the prefix cache of the ``index``-th teacher
+        request URL's server (every server behind a router), when engines.flush_teacher_cache."""
+        if self._teacher_servers is None:
+            return
+        path = f"/flush_cache?timeout={60.0:g}"
+        urls = self._teacher_servers.urls
+        if self.teacher is not None and self.teacher.urls == urls:
+            await self._teacher_servers.apost_to(urls[index % len(urls)], path, {})
+        else:
+            await self._teacher_servers.apost_each(path, {})
+
     def call(self, fn: Callable[[], Any], *, resync: bool = True) -> Any:
         """Run one engine call, restarting dead servers and retrying (see the module docstring);
         ``resync``: give a restarted student server the learner's weights (a push redoes that itself)."""
         from opd_megatron.engines.http import EngineUnavailable
 
+        # Off the loop's thread (an overlapped batch, rollout.max_staleness=1) nothing calls the
+        # learner: a restarted student server is not resynced there, its rollouts then fail the
+        # weight-version check, and the loop samples that batch again itself.
+        resync = resync and threading.get_ident() == self._loop_thread
         self._recover(resync, check_health=False)  # a server seen dead since the last call
         restarts_left = self.cfg.engines.max_restarts
         while True:

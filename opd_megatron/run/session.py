@@ -65,6 +65,7 @@ class Session:
         return loop.Components(
             cfg=cfg, prompts=prompts, sample=stages.sample_reference if roles.sampler is None else stages.sample,
             score=stages.score if roles.teacher_scores and stages.can_score else None,
+            stream=stages.sample_and_score if cfg.rollout.stream_chunks else None,
             reward=training_reward(cfg, stages),
             learner=learner, sync=stages.sync, evaluate=evaluator.evaluate,
             teacher_accuracy=evaluator.teacher_accuracy, state=self.state, flops=StepFlops(flops, roles),

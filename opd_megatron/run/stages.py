@@ -64,6 +64,59 @@ class Stages:
             check_weight_versions(rollouts, s.synced_version)
         return rollouts
 
+    def sample_and_score(self, prompts: List[Prompt], busy: Optional[Callable[[str, float], None]] = None) -> List[Rollout]:
+        """rollout.stream_chunks = N: the step's prompts go out as N contiguous batches, batch j to
+        student server j mod S, and each batch is scored on teacher server j mod T as soon as it is
+        sampled, so scoring overlaps the sampling of the rest. Each server takes its batches in
+        index order (batch j waits for batch j-S, or j-T, on the same server), so what each server
+        computes, and the result, does not depend on which batch finishes first; the per-request
+        seeds are those of the unchunked batch. ``busy(role, seconds)`` gets each server batch's time."""
+        import asyncio
+        import time
+
+        r, o, s = self.cfg.rollout, self.cfg.objective, self.servers
+        ids, G, n = self.encode(prompts), r.samples_per_prompt, r.stream_chunks
+        edges = [round(k * len(prompts) / n) for k in range(n + 1)]
+        seed = sampling_seed(self.cfg.run.seed, self.prompts.cursor, 0)
+        top_k = o.teacher_top_k if o.kl_estimator == "full_vocab" else 0
+        S, T = len(s.student.urls), len(s.teacher.urls)
+
+        async def stream() -> List[Rollout]:
+            sampled, scored = [asyncio.Event() for _ in range(n)], [asyncio.Event() for _ in range(n)]
+            out: List[List[Rollout]] = [[] for _ in range(n)]
+
+            async def batch(j: int) -> None:
+                lo, hi = edges[j], edges[j + 1]
+                if j >= S:
+                    await sampled[j - S].wait()
+                t0 = time.perf_counter()
+                part = await s.student.only(j).agenerate(
+                    ids[lo:hi], samples_per_prompt=G, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                    top_p=r.top_p, top_k=r.top_k, seed=seed + lo * G, stop_token_ids=self.stop_token_ids)
+                if busy:
+                    busy("student", time.perf_counter() - t0)
+                sampled[j].set()
+                for ro in part:
+                    ro.group_id += lo
+                    ro.answer = prompts[ro.group_id].answer
+                if j >= T:
+                    await scored[j - T].wait()
+                t0 = time.perf_counter()
+                await s.aflush_teacher(j)
+                await s.teacher.only(j).ascore(part, temperature=o.teacher_temperature, top_k=top_k)
+                if busy:
+                    busy("teacher", time.perf_counter() - t0)
+                scored[j].set()
+                out[j] = part
+
+            await asyncio.gather(*(batch(j) for j in range(n) if edges[j] < edges[j + 1]))
+            return [ro for part in out for ro in part]
+
+        rollouts = s.call(lambda: asyncio.run(stream()))
+        check_weight_versions(rollouts, s.synced_version)
+        self._after_score(rollouts)
+        return rollouts
+
     def sample_reference(self, prompts: List[Prompt]) -> List[Rollout]:
         """sft on the task's reference solutions: the 'samples' are the references + the
         response end (data.eos_token, default the tokenizer's eos)."""
@@ -82,6 +135,9 @@ class Stages:
         with faults.server_kill("teacher", self.prompts.cursor // self.cfg.rollout.prompts_per_step,
                                 self.servers.first_pid("teacher")):
             self.teacher_score(rollouts, temperature=o.teacher_temperature, top_k=top_k)
+        self._after_score(rollouts)
+
+    def _after_score(self, rollouts: List[Rollout]) -> None:
         self.num_scored += 1
         for kind, value in (("teacher_nan", float("nan")), ("teacher_inf", float("-inf"))):
             if faults.poisoned(kind, self.num_scored):

@@ -3,12 +3,14 @@ before training, stage totals, skipped steps), the resume from it, and the run's
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from opd_megatron.config.schema import Config
 from opd_megatron.errors import RuntimeFailure
 from opd_megatron.run import rundir
+from opd_megatron.types import Rollout
 
 
 class RunState:
@@ -24,7 +26,10 @@ class RunState:
     def checkpoint(self, c: Any, step: int) -> None:
         """Save the learner and the loop's state after ``step`` (``c``: the loop's Components)."""
         extra = {"step": step, "cursor": self.prompts.cursor, "flops": self.flops.state_dict(),
-                 "before": self.before, "stage_total_s": dict(c.timer.total_s), "num_skipped": c.num_skipped}
+                 "before": self.before, "stage_total_s": dict(c.timer.total_s), "num_skipped": c.num_skipped,
+                 # rollout.max_staleness=1: the next step's batch, sampled by weights this checkpoint
+                 # no longer holds; resumed as it is, so the resumed run trains on what this one would
+                 "pending": None if c.pending is None else [dataclasses.asdict(r) for r in c.pending]}
         target = rundir.checkpoint_path(self.run_dir, step)
         try:
             self.learner.save_checkpoint(target, extra)
@@ -45,6 +50,8 @@ class RunState:
         self.before = dict(extra.get("before") or {})
         c.timer.total_s.update(extra.get("stage_total_s") or {})
         c.num_skipped = int(extra.get("num_skipped", 0))
+        pending = extra.get("pending")
+        c.pending = None if pending is None else [Rollout(**r) for r in pending]
         print(f"[opd] resumed from {ckpt} (step {self.step})", flush=True)
         return self.step
 
