@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup demo compare continual test test-fast bench lint clean
+.PHONY: setup demo compare continual test test-fast bench gpu-check lint clean
 
 setup:
 	bash scripts/setup_env.sh
@@ -32,6 +32,11 @@ test-fast: setup
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+# The learner's GPU check (bench/gpu_check.py; its tiny CPU form where there is no GPU). On the
+# lent machine, which has no .venv: make gpu-check PY=python3 ARGS="--json $OUT/gpu_check.json"
+gpu-check: $(if $(filter .venv/bin/python,$(PY)),setup)
+	$(PY) bench/gpu_check.py $(ARGS)
 
 lint: setup
 	shellcheck slurm/*.sh slurm/*.sbatch launch/*.sh scripts/*.sh

@@ -43,21 +43,29 @@ def make_batch(rows: int, seq_len: int, vocab: int) -> TrainBatch:
                       advantages=zeros)
 
 
-def hf_trainer(model_dir: str):
-    """A plain HF training step with the same loss and optimizer settings."""
+def hf_trainer(model_dir: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
+               microbatch_rows: int = 0):
+    """A plain HF training step with the same loss and optimizer settings: the token NLL of
+    microbatches of ``microbatch_rows`` rows (0: the whole batch at once), each divided by the
+    whole batch's token count, so the gradients add up to the learner's global token mean."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.99), eps=1e-8,
                             weight_decay=0.0)
 
     def step(batch: TrainBatch) -> float:
-        logits = model(batch.token_ids).logits[:, :-1]
-        logp = torch.log_softmax(logits, -1).gather(-1, batch.token_ids[:, 1:, None])[..., 0]
-        mask = batch.response_mask[:, 1:]
-        loss = -(logp * mask).sum() / mask.sum()
+        tokens, mask = batch.token_ids.to(device), batch.response_mask[:, 1:].to(device)
+        rows = microbatch_rows or len(tokens)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros((), device=device)
+        for r0 in range(0, len(tokens), rows):
+            ids, mb_mask = tokens[r0:r0 + rows], mask[r0:r0 + rows]
+            logits = model(ids).logits[:, :-1]
+            logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+            mb_loss = -(logp * mb_mask).sum() / mask.sum()
+            mb_loss.backward()
+            loss += mb_loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         return float(loss)

@@ -45,15 +45,37 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _make_inputs(torch, batch: int, seq: int, dtype, seed: int):
+def _make_inputs(torch, batch: int, seq: int, dtype, seed: int, device: str = "cpu"):
     """Logits ~ 4 * N(0, 1) (a peaked, realistic scale), built 64 positions at a time."""
-    gen = torch.Generator().manual_seed(seed)
-    logits = torch.empty(batch, seq, VOCAB, dtype=dtype)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    logits = torch.empty(batch, seq, VOCAB, dtype=dtype, device=device)
     for t0 in range(0, seq, 64):
-        chunk = torch.randn(batch, min(64, seq - t0), VOCAB, generator=gen) * 4.0
+        chunk = torch.randn(batch, min(64, seq - t0), VOCAB, generator=gen, device=device) * 4.0
         logits[:, t0:t0 + 64] = chunk.to(dtype)
-    ids = torch.randint(0, VOCAB, (batch, seq), generator=gen)
+    ids = torch.randint(0, VOCAB, (batch, seq), generator=gen, device=device)
     return logits, ids
+
+
+def run_variant(logits, ids, variant: str, *, backward: bool, chunk_size=None):
+    """One call of ``variant`` (naive | chunked) on [B, T, V] logits -> [B, T] logprobs; with
+    ``backward`` also the backward of their sum, the logits-sized gradient dropped afterwards
+    (so a peak-memory reading around the call counts it, for both variants alike)."""
+    import torch
+
+    from opd_megatron.objective import sampled_token_logprobs
+
+    def forward():
+        if variant == "naive":
+            return torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1))[..., 0]
+        return sampled_token_logprobs(logits, ids, chunk_size=chunk_size)
+
+    if not backward:
+        with torch.no_grad():
+            return forward()
+    out = forward()
+    out.sum().backward()
+    logits.grad = None
+    return out.detach()
 
 
 def _child(args) -> None:
@@ -62,25 +84,14 @@ def _child(args) -> None:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from opd_megatron.objective import sampled_token_logprobs
 
     dtype = getattr(torch, DTYPES[args.dtype])
     logits, ids = _make_inputs(torch, args.batch, args.seq_tokens, dtype, args.seed)
     logits.requires_grad_(args.backward)
 
-    def forward():
-        if args.variant == "naive":
-            return torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1))[..., 0]
-        return sampled_token_logprobs(logits, ids, chunk_size=args.chunk_size or None)
-
     def run():
-        if not args.backward:
-            with torch.no_grad():
-                return forward()
-        out = forward()
-        out.sum().backward()
-        logits.grad = None  # the gradient itself (logits-sized, both variants) is counted
-        return out.detach()
+        return run_variant(logits, ids, args.variant, backward=args.backward,
+                           chunk_size=args.chunk_size or None)
 
     rss_kib = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear:

@@ -73,7 +73,7 @@ class Learner(Scorer):
     def __init__(self, model: ModelConfig, objective: ObjectiveConfig, optim: OptimConfig,
                  parallel: ParallelConfig, *, num_steps: int, seed: int,
                  sampling_temperature: float = 1.0, lora: Optional[LoraConfig] = None,
-                 num_tokens: int = 0):
+                 num_tokens: int = 0, use_te: Optional[bool] = None):
         from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
 
         self.model_cfg, self.objective, self.optim, self.parallel = model, objective, optim, parallel
@@ -86,7 +86,8 @@ class Learner(Scorer):
         self.microbatch_tokens = parallel.microbatch_tokens
         self.dtype = compute_dtype(model)
         self.ranks = init_parallel(parallel, seed)
-        gpt = build_gpt_model(self.arch, tp=parallel.tp, pp=parallel.pp, dtype=self.dtype)
+        gpt = build_gpt_model(self.arch, tp=parallel.tp, pp=parallel.pp, dtype=self.dtype,
+                              use_te=use_te)
         load_hf_into(gpt, load_hf_weights(model.path), self.arch, self.ranks)
         if self.lora is not None:
             lora_lib.apply_lora(gpt, self.lora, seed=seed, tp=self.ranks.tp,
