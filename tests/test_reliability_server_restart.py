@@ -84,16 +84,18 @@ def test_killed_servers_are_restarted_resynced_and_the_step_retried(engine_model
         assert sum(line.startswith("$ ") for line in lines) == 2, role  # the launcher's command line
 
 
-def test_a_server_killed_under_an_overlapped_batch_is_restarted_and_the_batch_sampled_again(engine_models, tmp_path):
-    """rollout.max_staleness=1: the student dies while step 3's batch is sampled beside step 2's
-    training, the teacher while step 5's is scored. Off the loop's thread the restarted student
-    is not resynced (nothing calls the learner there), so that batch fails its weight-version check
-    and the loop samples it again after the push (on the new weights: staleness 0); the teacher
-    needs no weights and is retried in place. Every step runs once."""
+def test_a_student_killed_under_an_overlapped_batch_is_restarted_and_the_batch_sampled_again(
+        engine_models, teacher_server, tmp_path):
+    """rollout.max_staleness=1: the run's own student server dies while step 3's batch is sampled
+    beside step 2's training (the teacher is the session's shared one). Off the loop's thread the
+    restarted student is not resynced (nothing calls the learner there), so that batch fails its
+    weight-version check and the loop samples it again after the push, on the new weights
+    (staleness 0). Every step runs once."""
     code, text = _run(tmp_path, engine_models, "overlapped-killed", "engines.base_port=31760",
-                      "rollout.max_staleness=1", faults="student@3,teacher@5")
+                      f"engines.teacher.urls=[{teacher_server.url}]", "rollout.max_staleness=1",
+                      faults="student@3")
     assert code == 0, text[-3000:]
-    assert "restarted student server http://127.0.0.1:31760" in text and "restarted teacher server" in text
+    assert "restarted student server http://127.0.0.1:31760" in text
     assert "the overlapped batch failed" in text and "sampling it again after the weight push" in text
     records = _train_records(tmp_path / "runs/overlapped-killed")
     assert [r["step"] for r in records] == list(range(1, NUM_STEPS + 1))

@@ -178,9 +178,9 @@ class RolloutConfig:
     """Nucleus sampling mass."""
     top_k: int = ranged(-1, "-1 (off) or >= 1", lambda v: v == -1 or v >= 1)
     """Top-k sampling; -1 disables."""
-    max_staleness: int = ranged(0, "0 or 1", lambda v: v in (0, 1))
-    """Weight versions a training rollout may lag the learner by. 0: the synchronous loop (sample,
-    score, train, push). 1: while the learner trains step n the servers sample and score step n+1
+    max_staleness: int = ranged(0, ">= 0", lambda v: v >= 0)
+    """Weight versions a training rollout lags the learner by. 0: the synchronous loop (sample,
+    score, train, push). k: while the learner trains step n the servers sample and score step n+k
     with the weights they hold, and the push lands after that batch (between requests)."""
     stream_chunks: int = ranged(0, "0 (off) or >= 2", lambda v: v == 0 or v >= 2)
     """0: the teacher scores a step's rollouts once all are sampled. N >= 2: the step's prompts go

@@ -45,8 +45,9 @@ class Components:
     timer: StageTimer = field(default_factory=StageTimer)
     stream: Optional[Callable] = None
     """(prompts, busy) -> rollouts sampled and scored as a stream (rollout.stream_chunks), or None."""
-    pending: Optional[list] = None
-    """rollout.max_staleness=1: the next step's rollouts, sampled while this step trained (checkpointed)."""
+    pending: Dict[int, list] = field(default_factory=dict)
+    """rollout.max_staleness=k: rollouts of steps to come by step, each sampled while the step k
+    before it trained (checkpointed with the run, so a resume trains on them as they are)."""
 
 
 def run(c: Components) -> int:
@@ -81,16 +82,17 @@ def run(c: Components) -> int:
 
 def train(c: Components, start_step: int) -> int:
     """Run steps start_step+1 .. num_steps; returns the last completed step. With
-    rollout.max_staleness=1 the next step's batch is sampled and scored while this one trains, and
-    the weight push waits for it (it lands between requests, never inside one)."""
-    cfg, step = c.cfg, start_step
+    rollout.max_staleness=k, step n+k's batch is sampled and scored while step n trains, by the
+    weights the servers hold (version n-1), and the push of version n waits for it (it lands
+    between requests, never inside one); steps 1..k sample their own batch first."""
+    cfg, step, k = c.cfg, start_step, c.cfg.rollout.max_staleness
     with_topk = full_vocab_kl(cfg.objective)
     on_policy = method_of(cfg.objective).on_policy
     while step < cfg.run.num_steps:
         t0 = time.perf_counter()
-        rollouts = c.pending if c.pending is not None else _rollouts(c, c.prompts.take(cfg.rollout.prompts_per_step))
-        c.pending, ahead = None, None
-        if cfg.rollout.max_staleness and step + 2 <= cfg.run.num_steps:
+        rollouts = c.pending.pop(step + 1, None) or _rollouts(c, c.prompts.take(cfg.rollout.prompts_per_step))
+        ahead = None
+        if k and step + 1 + k <= cfg.run.num_steps:
             prompts = c.prompts.take(cfg.rollout.prompts_per_step)
             ahead = Ahead(lambda p=prompts: _rollouts(c, p, overlapped=True))
         if c.reward is not None:
@@ -100,7 +102,7 @@ def train(c: Components, start_step: int) -> int:
         step += 1
         record = _learn(c, step, batch, rollouts, on_policy, push=ahead is None)
         if ahead is not None:
-            c.pending = _join(c, ahead, prompts, step, push=on_policy and not record.get("skipped"))
+            c.pending[step + k] = _join(c, ahead, prompts, step, push=on_policy and not record.get("skipped"))
         if cfg.eval.interval and step % cfg.eval.interval == 0 and step < cfg.run.num_steps:
             with c.timer.stage("eval"):
                 record.update(c.evaluate(step))

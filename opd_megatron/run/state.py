@@ -27,9 +27,10 @@ class RunState:
         """Save the learner and the loop's state after ``step`` (``c``: the loop's Components)."""
         extra = {"step": step, "cursor": self.prompts.cursor, "flops": self.flops.state_dict(),
                  "before": self.before, "stage_total_s": dict(c.timer.total_s), "num_skipped": c.num_skipped,
-                 # rollout.max_staleness=1: the next step's batch, sampled by weights this checkpoint
-                 # no longer holds; resumed as it is, so the resumed run trains on what this one would
-                 "pending": None if c.pending is None else [dataclasses.asdict(r) for r in c.pending]}
+                 # rollout.max_staleness=k: the batches of the next k steps, sampled by weights this
+                 # checkpoint no longer holds; resumed as they are, so the resumed run trains on what
+                 # this one would
+                 "pending": {str(s): [dataclasses.asdict(r) for r in rs] for s, rs in c.pending.items()}}
         target = rundir.checkpoint_path(self.run_dir, step)
         try:
             self.learner.save_checkpoint(target, extra)
@@ -50,8 +51,7 @@ class RunState:
         self.before = dict(extra.get("before") or {})
         c.timer.total_s.update(extra.get("stage_total_s") or {})
         c.num_skipped = int(extra.get("num_skipped", 0))
-        pending = extra.get("pending")
-        c.pending = None if pending is None else [Rollout(**r) for r in pending]
+        c.pending = {int(s): [Rollout(**r) for r in rs] for s, rs in (extra.get("pending") or {}).items()}
         print(f"[opd] resumed from {ckpt} (step {self.step})", flush=True)
         return self.step
 
