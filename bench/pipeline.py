@@ -59,7 +59,8 @@ def summarize(records: List[dict], eval_prompts: int) -> Dict[str, float]:
         walls.append(sum(v for k, v in s.items() if not k.startswith("overlap:") and k not in LOOP_EXCLUDED))
         busy["learner"] += s.get("train", 0.0) + s.get("learner_logprobs", 0.0)
         streamed = "overlap:student_busy" in s
-        busy["student"] += s.get("overlap:student_busy", 0.0) if streamed else s.get("rollout", 0.0) + s.get("overlap:rollout", 0.0)
+        busy["student"] += (s.get("overlap:student_busy", 0.0) if streamed
+                            else s.get("rollout", 0.0) + s.get("overlap:rollout", 0.0))
         busy["teacher"] += (s.get("overlap:teacher_busy", 0.0) if streamed
                             else s.get("teacher_score", 0.0) + s.get("overlap:teacher_score", 0.0))
     wall = sum(walls)

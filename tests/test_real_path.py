@@ -104,14 +104,24 @@ def test_opd_on_the_math_dataset_jsonl_and_save_to_disk_alike(math_servers):
     _assert_same_run(_untimed(disk_records), _untimed(records))
 
 
-@pytest.mark.parametrize("recipe,name", [("rl-math-tiny-cpu.yaml", "math-rl"),
-                                         ("opd-reward-math-tiny-cpu.yaml", "math-opd-reward")])
-def test_reward_methods_grade_latex_answers(math_servers, recipe, name):
+# The last case is the pipelined step on the real path: step 2's rollouts sampled (BPE tokenizer,
+# chat template) and scored in two streamed batches while step 1 trains, graded by the math grader
+# on the loop's thread, their reverse KL at the learner's logprobs.
+PIPELINED = ("rollout.max_staleness=1", "rollout.stream_chunks=2", "objective.kl_at=learner")
+
+
+@pytest.mark.parametrize("recipe,name,extra", [("rl-math-tiny-cpu.yaml", "math-rl", ()),
+                                               ("opd-reward-math-tiny-cpu.yaml", "math-opd-reward", ()),
+                                               ("opd-reward-math-tiny-cpu.yaml", "math-pipelined", PIPELINED)])
+def test_reward_methods_grade_latex_answers(math_servers, recipe, name, extra):
     _, _, records, summary = _run(math_servers, recipe, name, "rollout.prompts_per_step=4",
-                                  "rollout.samples_per_prompt=4")
+                                  "rollout.samples_per_prompt=4", *extra)
     assert summary["completed"] is True
     train = [r for r in records if "loss" in r]
     assert len(train) == 2 and all(0.0 <= r["reward_mean"] <= 1.0 for r in train)
+    if extra:
+        assert [r["staleness_mean"] for r in train] == [0.0, 1.0]
+        assert "overlap:teacher_busy" in train[0]["stage_seconds"]
 
 
 def test_shipped_math_data_is_what_the_generator_makes(tmp_path):

@@ -44,6 +44,9 @@ def job_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("slurm-opd")
 
 
+LIVE_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED")
+
+
 def test_sbatch_rehearsal_of_the_tml_recipe_on_three_nodes_survives_two_preemptions(slurm_cluster, job_root):
     root = job_root / "rehearsal"
     root.mkdir()
@@ -61,7 +64,8 @@ def test_sbatch_rehearsal_of_the_tml_recipe_on_three_nodes_survives_two_preempti
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while "resumed from" not in read_log(run_dir, "slurm-learner-*.r1.log"):  # the first requeue resumed
         assert time.monotonic() < deadline, f"no resume after {JOB_TIMEOUT_S} s: {job_info(slurm_cluster, job_id)}"
-        assert job_info(slurm_cluster, job_id).get("JobState") in ("PENDING", "RUNNING"), output()[-4000:]
+        # alive: running, or on its way back through a requeue (COMPLETING, REQUEUED, then PENDING)
+        assert job_info(slurm_cluster, job_id).get("JobState") in LIVE_STATES, output()[-4000:]
         time.sleep(0.5)
     subprocess.run(["scancel", "--batch", "--signal=USR1", str(job_id)], env=slurm_cluster, check=True)
     info = wait_for_job(slurm_cluster, job_id, JOB_TIMEOUT_S)

@@ -175,7 +175,8 @@ def _nth_paragraph(r: str, num_paragraphs: int, nth_paragraph: int, first_word: 
 
 def _postscript(r: str, postscript_marker: str) -> bool:
     marker = postscript_marker.strip()
-    pattern = {"P.P.S": r"\s*p\.\s?p\.\s?s.*$", "P.S.": r"\s*p\.\s?s\..*$"}.get(marker, r"\s*" + marker.lower() + r".*$")
+    fixed = {"P.P.S": r"\s*p\.\s?p\.\s?s.*$", "P.S.": r"\s*p\.\s?s\..*$"}  # case-sensitive, as the reference
+    pattern = fixed.get(marker, r"\s*" + marker.lower() + r".*$")
     return bool(re.search(pattern, r.lower(), flags=re.MULTILINE))
 
 

@@ -64,7 +64,8 @@ class Stages:
             check_weight_versions(rollouts, s.synced_version)
         return rollouts
 
-    def sample_and_score(self, prompts: List[Prompt], busy: Optional[Callable[[str, float], None]] = None) -> List[Rollout]:
+    def sample_and_score(self, prompts: List[Prompt],
+                         busy: Optional[Callable[[str, float], None]] = None) -> List[Rollout]:
         """rollout.stream_chunks = N: the step's prompts go out as N contiguous batches, batch j to
         student server j mod S, and each batch is scored on teacher server j mod T as soon as it is
         sampled, so scoring overlaps the sampling of the rest. Each server takes its batches in
