@@ -165,10 +165,14 @@ class EngineClient:
         async with self._session() as session:
             return await post_json(session, [url], path, payload, policy, api_key=self.api_key)
 
-    def flush_cache(self, wait_s: float = 60.0) -> None:
+    async def aflush_cache(self, wait_s: float = 60.0) -> None:
         """Empty every server's prefix (radix) cache; a server first waits up to ``wait_s`` for
         its running requests to finish (HTTP 400 if they do not)."""
-        self.post_each(f"/flush_cache?timeout={wait_s:g}", {})
+        await self.apost_each(f"/flush_cache?timeout={wait_s:g}", {})
+
+    def flush_cache(self, wait_s: float = 60.0) -> None:
+        """Blocking ``aflush_cache``."""
+        _run(self.aflush_cache(wait_s))
 
     async def aget(self, path: str, *, url: Optional[str] = None) -> Any:
         async with self._session() as session:

@@ -11,12 +11,12 @@ from opd_megatron.data.grading import extract_choice, final_text, grade_choice, 
 from opd_megatron.evaluation.benchmarks import (BENCHMARKS, HF_SOURCES, Benchmark, EvalProblem,
                                                 arithmetic_benchmark, load_benchmark)
 from opd_megatron.evaluation.pass_at_k import avg_at_k, mean_pass_at_k, pass_at_k
-from opd_megatron.evaluation.suite import (PRESETS, PROTOCOLS, EvalResult, Protocol, SamplingParams,
+from opd_megatron.evaluation.suite import (PROTOCOLS, EvalResult, Protocol, SamplingParams,
                                             client_generate_fn, evaluate, evaluate_benchmarks, preset,
                                             sampling_from_eval_config)
 
 __all__ = ["BENCHMARKS", "HF_SOURCES", "Benchmark", "EvalProblem", "arithmetic_benchmark",
            "load_benchmark", "extract_choice", "final_text", "grade_choice", "grade_math",
-           "avg_at_k", "mean_pass_at_k", "pass_at_k", "PRESETS", "PROTOCOLS", "Protocol", "EvalResult",
+           "avg_at_k", "mean_pass_at_k", "pass_at_k", "PROTOCOLS", "Protocol", "EvalResult",
            "SamplingParams",
            "client_generate_fn", "evaluate", "evaluate_benchmarks", "preset", "sampling_from_eval_config"]

@@ -69,7 +69,6 @@ PROTOCOLS: Dict[str, Protocol] = {
         _QWEN3_THINKING, tuple((b, replace(_QWEN3_THINKING, num_samples=32, max_new_tokens=38912)) for b in _AIME),
         thinking=True, choice_prompt=QWEN_CHOICE_PROMPT),
 }
-PRESETS = PROTOCOLS  # eval.preset names a protocol
 
 GenerateFn = Callable[[List[str], int, SamplingParams], List[List[str]]]
 

@@ -96,12 +96,9 @@ class Servers:
         request URL's server (every server behind a router), when engines.flush_teacher_cache."""
         if self._teacher_servers is None:
             return
-        path = f"/flush_cache?timeout={60.0:g}"
-        urls = self._teacher_servers.urls
-        if self.teacher is not None and self.teacher.urls == urls:
-            await self._teacher_servers.apost_to(urls[index % len(urls)], path, {})
-        else:
-            await self._teacher_servers.apost_each(path, {})
+        servers = self._teacher_servers
+        await (servers.only(index) if self.teacher is not None and self.teacher.urls == servers.urls
+               else servers).aflush_cache()
 
     def call(self, fn: Callable[[], Any], *, resync: bool = True) -> Any:
         """Run one engine call, restarting dead servers and retrying (see the module docstring);
