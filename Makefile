@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup demo compare continual test test-fast bench gpu-check lint clean
+.PHONY: setup demo compare compare-full continual test test-fast bench gpu-check lint clean
 
 setup:
 	bash scripts/setup_env.sh
@@ -12,13 +12,16 @@ setup:
 demo: setup
 	$(PY) -m opd_megatron run recipes/opd-tiny-cpu.yaml
 
-# Toy-scale reproduction of the compute-efficiency table: continued SFT on teacher samples,
-# RL (GRPO) and OPD from the same student initialisation, on one FLOPs axis.
+# The compute-efficiency table at toy scale by the TML blog's protocol (opd compare): the SFT
+# ladder and its start checkpoint are shipped (assets/tiny/sft-start), the learning rates are
+# the sweep's; continued SFT, RL and OPD (both KL estimators) x 3 seeds run to the target.
 compare: setup
-	$(PY) -m opd_megatron run recipes/sft-tiny-cpu.yaml run.quiet=true
-	$(PY) -m opd_megatron run recipes/rl-tiny-cpu.yaml run.quiet=true
-	$(PY) -m opd_megatron run recipes/opd-tiny-cpu.yaml run.quiet=true
-	$(PY) -m opd_megatron report --compare runs/sft-tiny-cpu runs/rl-tiny-cpu runs/opd-tiny-cpu
+	$(PY) -m opd_megatron compare recipes/compare-tiny-cpu.yaml
+
+# The same from nothing: the ladder rebuilt from a random init, every arm's lr swept first.
+compare-full: setup
+	$(PY) -m opd_megatron compare recipes/compare-tiny-cpu.yaml run.name=compare-tiny-cpu-full \
+		compare.sweep=true student.path=.cache/tiny/sft-start-rebuilt
 
 # Continual learning: mid-train on new facts, then OPD from the round's starting checkpoint.
 continual: setup

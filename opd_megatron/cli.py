@@ -7,6 +7,7 @@
     opd fetch RECIPE [--models]           hub datasets, benchmarks (and models) into the cache
                                           that runs read with the hub offline
     opd convert ...                       HF <-> Megatron checkpoints (opd convert -h)
+    opd compare RECIPE [key=value ...]    the compute-efficiency table: SFT ladder, arms to a target
     opd eval ...                          evaluate a model behind an SGLang server
     opd flops ...                         FLOPs account (opd flops -h)
     opd report RUN_DIR | --compare RUN...  the reproducibility report
@@ -27,6 +28,7 @@ from opd_megatron.plan.budget import DEFAULT_MFU, DEFAULT_SAMPLING_MFU
 
 # Subcommands owned by other modules: name -> (module, help).
 DELEGATED = {
+    "compare": ("opd_megatron.run.comparison", "the compute-efficiency table: SFT ladder, then each arm to a target accuracy, seeds"),
     "continual": ("opd_megatron.run.continual", "mid-train on new documents, then OPD from an earlier checkpoint; rounds"),
     "convert": ("opd_megatron.learner.convert", "HF <-> Megatron checkpoint conversion"),
     "fetch": ("opd_megatron.run.fetch", "download a recipe's hub datasets, benchmarks (--models: models) into the hub cache"),

@@ -153,6 +153,8 @@ EDGES = [
     ("continual.rounds", "0"), ("continual.midtrain_lr", "0"), ("objective.discount", "-0.01"),
     ("optim.lr", "nan"), ("rollout.top_p", ".inf"), ("objective.kl_coef", "-.inf"),
     ("rollout.max_staleness", "-1"), ("rollout.stream_chunks", "1"),
+    ("rollout.offpolicy_prefetch_steps", "0"), ("eval.stop_at_accuracy", "1.5"),
+    ("compare.target_accuracy", "0"), ("compare.fit_from_step", "0"),
 ]
 CASES += [(f"edge-{key}={bad}", [f"{key}={bad}"], None, key) for key, bad in EDGES]
 
@@ -165,6 +167,8 @@ def _prepare_cycle(d: Path) -> None:
 CASES += [
     ("config-json-not-object", [], lambda d: (d / "student/config.json").write_text("[1, 2]"), "not an object"),
     ("prepare-cycle", ["student.path=/nonexistent/s", "student.prepare=a.yaml"], _prepare_cycle, "prepare cycle"),
+    ("stop-at-target-without-evals", ["eval.stop_at_accuracy=0.5", "eval.interval=0"], None,
+     "eval.stop_at_accuracy"),
     ("unkeyed-router-beyond-loopback", ["engines.router=true", "engines.student.num_servers=2",
                                         "engines.host=10.211.0.9"], None, "engines.router"),
 ]
@@ -210,6 +214,27 @@ RUN_CASES = [
 def test_bad_input_only_a_run_finds_exits_2_and_writes_nothing(env, capsys, case_id, overrides, setup, needle):
     test_bad_input_exits_2_and_writes_nothing(env, capsys, "run", case_id, overrides, setup, needle)
     assert main(["validate", "recipe.yaml", *overrides]) == 0  # the plan on paper is not this machine's
+
+
+# What `opd compare` refuses before it builds, starts or writes anything: (id, overrides, needle).
+ARMS = "compare.arms={sft: [objective.method=sft], opd: [objective.method=opd]}"
+COMPARE_CASES = [
+    ("compare-without-arms", [], "compare.arms"),
+    ("compare-sft-arm-missing", ["compare.arms={opd: [objective.method=opd]}"], "compare.sft_arm"),
+    ("compare-arm-bad-override", ["compare.arms={sft: [objective.method=sfx]}"], "compare.arms.sft"),
+    ("compare-sweep-without-lrs", [ARMS, "compare.sweep=true"], "compare.sweep_lrs"),
+    ("compare-sweep-unknown-arm", [ARMS, "compare.sweep=true", "compare.sweep_lrs={rl: [1.0e-4]}"],
+     "compare.sweep_lrs"),
+    ("compare-sweep-bad-lr", [ARMS, "compare.sweep=true", "compare.sweep_lrs={opd: [0.0]}"], "compare.sweep_lrs.opd"),
+    ("compare-seeds-repeated", [ARMS, "compare.seeds=[1,1]"], "compare.seeds"),
+    ("compare-level-above-target", [ARMS, "compare.target_accuracy=0.8", "compare.also_at=[0.9]"], "compare.also_at"),
+    ("compare-no-ladder", [ARMS], "compare.ladder"),
+]
+
+
+@pytest.mark.parametrize("case_id,overrides,needle", COMPARE_CASES, ids=[c[0] for c in COMPARE_CASES])
+def test_bad_compare_exits_2_and_writes_nothing(env, capsys, case_id, overrides, needle):
+    test_bad_input_exits_2_and_writes_nothing(env, capsys, "compare", case_id, overrides, None, needle)
 
 
 FILE_CASES = [
@@ -277,6 +302,6 @@ def test_prepare_never_replaces_what_it_did_not_build(env, capsys):
 def test_catalogue_size_is_what_the_readme_says():
     import re
 
-    size = len(CASES) + len(RUN_CASES) + len(FILE_CASES) + 1
+    size = len(CASES) + len(RUN_CASES) + len(COMPARE_CASES) + len(FILE_CASES) + 1
     claimed = re.search(r"\| bad recipe, key, value, [^|]*\((\d+) cases\)", (REPO / "README.md").read_text())
     assert claimed and int(claimed[1]) == size >= 100, (claimed and claimed[1], size)

@@ -162,3 +162,44 @@ def test_pipelined_steps_are_stale_by_k_deterministic_and_resume_bit_exact(loop_
                 "learner_logprobs"} <= s for s in stages[:2])
     assert all("overlap:rollout" not in s for s in stages[2:])  # no step 5 or 6 to sample ahead for
     assert "ran beside the loop" in (tmp / "runs/pipe/report.md").read_text()
+
+
+PREFETCH = ["run.num_steps=4", "rollout.offpolicy_prefetch_steps=3", "engines.max_concurrency=24"]
+
+
+def test_sft_teacher_data_prefetched_resumes_bit_exact(loop_env):
+    """sft drawing three steps of teacher data per engine call (steps 1-3, then 4-6): straight,
+    and SIGKILLed after step 3's line and resumed from the step-2 checkpoint, which holds step 3's
+    batch drawn at step 1: the same records and weights. The other process redoes steps 1-2 from
+    nothing, so equal results show the same seed giving the same run and the resume being exact."""
+    models, student, teacher, tmp = loop_env
+    _run(tmp, models, student, teacher, "run.name=prefetch", *PREFETCH, recipe="sft-tiny-cpu.yaml")
+    _run(tmp, models, student, teacher, "run.name=prefetch-killed", *PREFETCH, recipe="sft-tiny-cpu.yaml",
+         env_extra={"OPD_FAULT_KILL_AFTER_LOG": "3"}, returncode=-9)
+    _run(tmp, models, student, teacher, "run.name=prefetch-killed", *PREFETCH, recipe="sft-tiny-cpu.yaml")
+    runs = {name: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in _records(tmp / "runs" / name)]
+            for name in ("prefetch", "prefetch-killed")}
+    assert runs["prefetch"] == runs["prefetch-killed"]
+    w = {name: _weights(tmp / "runs" / name) for name in runs}
+    assert all((w["prefetch"][k] == w["prefetch-killed"][k]).all() for k in w["prefetch"])
+    train = [r for r in _records(tmp / "runs/prefetch") if "loss" in r]
+    assert [s["step"] for s in train if "rollout" in s["stage_seconds"]] == [1, 4]  # one call per 3 steps
+    assert all(r["num_tokens"] > 0 for r in train)
+    flops = [r["flops"]["teacher_sampling"] for r in train]
+    assert all(b > a for a, b in zip([0.0] + flops, flops))  # counted per step trained, not per call
+
+
+def test_a_run_stops_at_its_target_accuracy(loop_env):
+    """eval.stop_at_accuracy: the run ends at the first eval that reaches it, as a finished run
+    (summary, final checkpoint, export); its final record is that eval."""
+    models, student, teacher, tmp = loop_env
+    _run(tmp, models, student, teacher, "run.name=stop", f"student.path={REPO / 'assets/tiny/student-init'}",
+         "run.num_steps=5", "eval.interval=1", "eval.stop_at_accuracy=0.05", recipe="sft-tiny-cpu.yaml")
+    run_dir = tmp / "runs/stop"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["completed"] is True and summary["steps"] == 1
+    records = _records(run_dir)
+    evals = [r for r in records if "accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 1, 1] and evals[1]["accuracy"] >= 0.05
+    assert evals[2]["final"] and evals[2]["accuracy"] == evals[1]["accuracy"] == summary["student_accuracy_after"]
+    assert (run_dir / "hf/model.safetensors").is_file() and (run_dir / "checkpoints/step_000001").is_dir()

@@ -157,3 +157,77 @@ def test_shipped_models_are_current():
                 assert is_prepared(resolved), f"{recipe.name}: {model.path} is stale for {model.prepare}"
                 checked.append(model.path)
     assert {"assets/tiny-bpe/teacher", "assets/tiny-bpe/student-init"} <= set(checked)
+
+
+def test_compare_on_the_math_path_tables_every_arm_and_resumes(math_servers):
+    """`opd compare` on the real path: an SFT ladder on the math teacher's samples through the
+    chat template (evals at steps 1, 2, 4 = doubling data sizes), then from its checkpoint a
+    continued-SFT arm and an OPD arm whose lr comes from a sweep, two seeds each, to a target no
+    arm reaches in two steps; the table, the sweep, the ladder fit and the plot are written, and
+    a rerun reuses every finished run."""
+    student, teacher, tmp, _ = math_servers
+    _, ladder, _, _ = _run(math_servers, "sft-math-tiny-cpu.yaml", "ladder", "run.num_steps=4", "eval.interval=1",
+                           "rollout.offpolicy_prefetch_steps=2")
+    recipe = tmp / "compare-math.yaml"
+    recipe.write_text(f"""
+base: {REPO / 'recipes' / 'opd-math-tiny-cpu.yaml'}
+run: {{name: cmp, num_steps: 2, quiet: true}}
+student: {{path: {ladder / 'hf'}, prepare: null}}
+teacher: {{path: {MODELS / 'teacher'}, prepare: null}}
+data: {{path: {MATH / 'train.jsonl'}}}
+rollout: {{prompts_per_step: 8}}
+eval: {{interval: 1, num_prompts: 16, benchmark_files: {{aime24: {MATH / "aime24.jsonl"}}}}}
+checkpoint: {{interval: 0}}
+report: {{plots: false}}
+engines: {{student: {{urls: [{student.url}]}}, teacher: {{urls: [{teacher.url}]}}}}
+compare:
+  ladder: {ladder}
+  fit_from_step: 1
+  target_accuracy: 0.99
+  also_at: [0.01]
+  seeds: [1, 2]
+  arms:
+    sft: [objective.method=sft, objective.kl_estimator=sampled_token, objective.teacher_top_k=0, optim.lr=1.0e-3]
+    opd: [objective.method=opd, objective.kl_estimator=full_vocab, optim.lr=2.0e-4]  # not swept: the pick differs
+  sweep: true
+  sweep_lrs: {{opd: [1.0e-4, 3.0e-4]}}
+""")
+
+    def compare(name):
+        log = tmp / f"{name}.log"
+        with log.open("w") as out:
+            proc = subprocess.run([PYTHON, "-m", "opd_megatron", "compare", str(recipe)], cwd=tmp, stdout=out,
+                                  stderr=subprocess.STDOUT, timeout=900, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert proc.returncode == 0, log.read_text()[-4000:]
+        return log.read_text()
+
+    assert "reused" not in compare("compare")
+    root = tmp / "runs" / "cmp"
+    runs = sorted(p.name for p in root.iterdir() if (p / "summary.json").is_file())
+    assert runs == sorted(["opd-lr0.0001-s1", "opd-lr0.0003-s1", f"opd-lr{_chosen(root)}-s2", "sft-lr0.001-s1",
+                           "sft-lr0.001-s2"])
+    for name in runs:
+        phase = (root / "phases" / f"{name}.yaml").read_text()
+        assert "stop_at_accuracy: 0.99" in phase and f"path: {ladder / 'hf'}" in phase
+        assert json.loads((root / name / "summary.json").read_text())["steps"] == 2  # not reached: the cap
+    md = (root / "compare.md").read_text()
+    table = md.split("## The SFT ladder")[0]
+    assert "start: SFT from scratch, 32 samples" in table  # 4 steps x 8 prompts
+    assert table.count("not reached") >= 2 and "| sft (sft, lr 0.001) | best " in table
+    assert "| 1 | 8 |" in md and "| 2 | 16 |" in md and "| 4 | 32 |" in md  # the doubling ladder
+    assert "over the 4 evals from step 1 to 4" in md
+    assert md.count("| opd | ") == 2 and md.count("| yes |") == 1  # the sweep, one lr chosen
+    assert "| OPD | 70% |" in md and "GPU-hours" in md
+    assert "### At 1.0%, from the same runs" in md and list(json.loads((root / "compare.json").read_text())["lower_levels"]) == ["0.01"]
+    assert (root / "accuracy_vs_flops.png").stat().st_size > 10_000
+    data = json.loads((root / "compare.json").read_text())
+    assert [r["arm"] for r in data["rows"]] == ["sft", "opd"] and all(r["reached"] == 0 for r in data["rows"])
+    text = compare("rerun")  # everything finished: reused, the same table
+    assert text.count("finished earlier, reused") == 5 and "opd run" not in text
+    assert (root / "compare.md").read_text().split("## Reused")[0] == md.split("## Reused")[0]
+
+
+def _chosen(root: Path) -> str:
+    md = (root / "compare.md").read_text()
+    line = next(line for line in md.splitlines() if line.startswith("| opd | ") and line.rstrip().endswith("| yes |"))
+    return line.split("|")[2].strip()

@@ -185,6 +185,12 @@ class RolloutConfig:
     stream_chunks: int = ranged(0, "0 (off) or >= 2", lambda v: v == 0 or v >= 2)
     """0: the teacher scores a step's rollouts once all are sampled. N >= 2: the step's prompts go
     out as N batches (one server each, in a fixed order) and each is scored as soon as it is sampled."""
+    offpolicy_prefetch_steps: int = ranged(1, ">= 1", lambda v: v >= 1)
+    """sft on teacher samples: draw the teacher data of this many steps in one engine call (at
+    steps 1, 1+k, 1+2k, ..., whatever run.num_steps is, so a longer run continues a shorter one).
+    The teacher does not change, so the data are of the same kind; one long call keeps the
+    servers' batches full (raise engines.max_concurrency with it). Batches drawn ahead are
+    checkpointed. Ignored by on-policy methods."""
 
 
 @dataclass
@@ -350,6 +356,10 @@ class EvalConfig:
     """Eval top-k; -1 disables."""
     max_new_tokens: int = ranged(48, ">= 1", lambda v: v >= 1)
     """Eval response length."""
+    stop_at_accuracy: float = ranged(0.0, "in [0, 1] (0: off)", lambda v: 0.0 <= v <= 1.0)
+    """Stop training at the first eval (every eval.interval steps) whose held-out accuracy
+    reaches this; the run ends as a finished one (final checkpoint and export). 0: off.
+    ``opd compare`` trains each arm to its target accuracy with it."""
     preset: str = choice("none", ("none", "qwen3", "tml"))
     """Evaluation protocol of eval.benchmarks (opd_megatron.evaluation.suite.PROTOCOLS): none (the
     fields above) | qwen3 (Qwen3 report: thinking, T 0.6, top-p 0.95, top-k 20, 32,768 tokens; AIME
@@ -423,6 +433,39 @@ class ContinualConfig:
 
 
 @dataclass
+class CompareConfig:
+    """``opd compare``: the TML blog's compute-efficiency protocol at this recipe's scale. The
+    recipe's student is an SFT checkpoint on its SFT curve (the SFT ladder: an SFT run from
+    scratch, evaluated at doubling data sizes); from it every arm trains, once per seed, until
+    held-out accuracy reaches ``target_accuracy`` (eval.stop_at_accuracy) or its run.num_steps."""
+
+    ladder: str = ""
+    """Run directory (metrics.jsonl, summary.json, config.yaml) of the SFT ladder that built the
+    student; empty: ``<student.path>/prepare-run``, which a prepare recipe leaves there."""
+    fit_from_step: int = ranged(1, ">= 1", lambda v: v >= 1)
+    """The ladder's log-linear fit (accuracy against log2 samples) uses its evals from this step
+    (past the knee) to its end; its table shows the evals at doubling steps."""
+    target_accuracy: float = ranged(0.5, "in (0, 1]", lambda v: 0.0 < v <= 1.0)
+    """Held-out accuracy every arm trains to (the blog's 70%)."""
+    also_at: List[float] = field(default_factory=list)
+    """Lower accuracy levels tabulated too, from the same runs (a run stops only at the target,
+    so its curve passes every lower level)."""
+    seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
+    """run.seed of each arm's runs (three or more for a mean and a spread)."""
+    arms: Dict[str, List[str]] = field(default_factory=dict)
+    """Arm name -> key=value overrides of this recipe (objective, rollout, optim, run.num_steps
+    as the step cap); the arm named ``sft_arm`` is the continued-SFT baseline."""
+    sft_arm: str = "sft"
+    """The continued-SFT arm the others are measured against."""
+    sweep: bool = False
+    """Choose each arm's optim.lr by a sweep first: one run per lr in ``sweep_lrs[arm]`` at the
+    first seed; the lr that reaches the target in the fewest FLOPs (else the best accuracy)
+    is used for every seed, and that run counts as the first seed's. false: the arms' lr."""
+    sweep_lrs: Dict[str, List[float]] = field(default_factory=dict)
+    """Arm name -> learning rates the sweep tries (recorded in compare.md either way)."""
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     student: ModelConfig = field(default_factory=ModelConfig)
@@ -439,6 +482,7 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 def leaf_fields(cls: type = Config, prefix: str = "") -> Iterator[Tuple[str, Field]]:

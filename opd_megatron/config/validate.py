@@ -88,6 +88,9 @@ def check_objective(cfg: Config) -> None:
     if 0 < cfg.data.num_heldout < cfg.eval.num_prompts:  # 0: no in-loop accuracy, nothing to fit
         raise ConfigError(f"eval.num_prompts: {cfg.eval.num_prompts} exceeds data.num_heldout "
                           f"({cfg.data.num_heldout}), the held-out prompts it is drawn from")
+    if cfg.eval.stop_at_accuracy and not (cfg.eval.interval and cfg.data.num_heldout):
+        raise ConfigError("eval.stop_at_accuracy: needs the in-loop accuracy, every eval.interval steps; "
+                          "set eval.interval >= 1 and data.num_heldout >= 1, or stop_at_accuracy=0")
 
 
 def check_cluster(cfg: Config) -> None:

@@ -325,7 +325,7 @@ def tml_table(context_tokens: float = DEFAULT_CONTEXT_TOKENS) -> dict:
         rows[row] = {"aime24": acc, "published_teacher_flops": pub_teacher,
                         "published_student_flops": pub_student,
                         "teacher_flops": counter.teacher_flops,
-                        "student_flops": counter.student_flops, **tokens[row]}
+                        "student_flops": counter.student_flops, "roles": dict(counter.flops), **tokens[row]}
     opd_total = rows["OPD"]["teacher_flops"] + rows["OPD"]["student_flops"]
     sft = rows["SFT-2M"]
     return {"rows": rows, "context_tokens": context_tokens,

@@ -25,16 +25,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from opd_megatron.config import to_yaml
 from opd_megatron.config.schema import Config
-from opd_megatron.errors import ConfigError, RuntimeFailure
-from opd_megatron.run.rundir import run_dir_of
+from opd_megatron.errors import ConfigError
+from opd_megatron.run.rundir import finished, run_dir_of, run_phase
 from opd_megatron.data import knowledge
 from opd_megatron.data.arithmetic import is_correct
 from opd_megatron.methods import method_of
@@ -69,25 +66,6 @@ def phases(cfg: Config, root: Path) -> List[Tuple[str, Config]]:
         out += [(mid.run.name, mid), (opd.run.name, opd)]
         current = str(root / opd.run.name / "hf")
     return out
-
-
-def _phase_done(run_dir: Path) -> bool:
-    try:
-        return bool(json.loads((run_dir / "summary.json").read_text()).get("completed"))
-    except (OSError, ValueError):
-        return False
-
-
-def _run_phase(name: str, phase: Config, root: Path) -> None:
-    path = root / "phases" / f"{name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_yaml(phase))
-    print(f"[continual] {name}: opd run {path}", flush=True)
-    code = subprocess.call([sys.executable, "-m", "opd_megatron", "run", str(path)],
-                           env=dict(os.environ, PYTHONHASHSEED=os.environ.get("PYTHONHASHSEED", "0")))
-    if code != 0:
-        raise RuntimeFailure(f"continual phase {name} failed with exit code {code} "
-                             f"(see {root / name}); rerun the same command to resume it")
 
 
 # ----- evaluation -------------------------------------------------------------------------------
@@ -187,8 +165,8 @@ def run_continual(cfg: Config) -> int:
     plan = phases(cfg, root)
     record("base", cfg.student.path, 1)
     for i, (name, phase) in enumerate(plan):
-        if not _phase_done(root / name):
-            _run_phase(name, phase, root)
+        if not finished(root / name):
+            run_phase("continual", name, phase, root)
         record(name, str(root / name / "hf"), i // 2 + 1)
     rows[0]["benchmarks"] = benchmark_scores(root / plan[0][0], first=True)  # the base, before phase 1
     for row, (name, _) in zip(rows[1:], plan):

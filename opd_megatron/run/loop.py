@@ -45,6 +45,8 @@ class Components:
     timer: StageTimer = field(default_factory=StageTimer)
     stream: Optional[Callable] = None
     """(prompts, busy) -> rollouts sampled and scored as a stream (rollout.stream_chunks), or None."""
+    reached: Optional[Dict[str, Any]] = None
+    """The eval that reached eval.stop_at_accuracy (the run's last), once it did."""
     pending: Dict[int, list] = field(default_factory=dict)
     """rollout.max_staleness=k: rollouts of steps to come by step, each sampled while the step k
     before it trained (checkpointed with the run, so a resume trains on them as they are)."""
@@ -67,8 +69,8 @@ def run(c: Components) -> int:
     state.step = train(c, start)
     if _stopping(c, state.step) and state.step < cfg.run.num_steps:
         return EXIT_PREEMPTED
-    with c.timer.stage("eval"):
-        state.after = c.evaluate(state.step)
+    with c.timer.stage("eval"):  # a run stopped at its target accuracy was just evaluated
+        state.after = c.reached or c.evaluate(state.step)
     with c.timer.stage("checkpoint"):
         if state.saved_step != state.step:  # the last step's own checkpoint is the final one
             state.checkpoint(c, state.step)
@@ -90,7 +92,7 @@ def train(c: Components, start_step: int) -> int:
     on_policy = method_of(cfg.objective).on_policy
     while step < cfg.run.num_steps:
         t0 = time.perf_counter()
-        rollouts = c.pending.pop(step + 1, None) or _rollouts(c, c.prompts.take(cfg.rollout.prompts_per_step))
+        rollouts = c.pending.pop(step + 1, None) or _fresh_batch(c, step, on_policy)
         ahead = None
         if k and step + 1 + k <= cfg.run.num_steps:
             prompts = c.prompts.take(cfg.rollout.prompts_per_step)
@@ -105,7 +107,10 @@ def train(c: Components, start_step: int) -> int:
             c.pending[step + k] = _join(c, ahead, prompts, step, push=on_policy and not record.get("skipped"))
         if cfg.eval.interval and step % cfg.eval.interval == 0 and step < cfg.run.num_steps:
             with c.timer.stage("eval"):
-                record.update(c.evaluate(step))
+                metrics = c.evaluate(step)
+            record.update(metrics)
+            if cfg.eval.stop_at_accuracy and metrics.get("accuracy", 0.0) >= cfg.eval.stop_at_accuracy:
+                c.reached = metrics
         record.update(flops=c.flops.as_dict(), stage_seconds=c.timer.pop_step(), num_skipped=c.num_skipped,
                       tokens_per_s=batch.num_tokens / max(time.perf_counter() - t0, 1e-9))
         # The line first, then the checkpoint: a kill between the two resumes from the previous
@@ -118,7 +123,27 @@ def train(c: Components, start_step: int) -> int:
                 c.state.checkpoint(c, step)
         if _stopping(c, step):
             return step
+        if c.reached:  # eval.stop_at_accuracy: the target is reached, the run ends here
+            return step
     return step
+
+
+def _fresh_batch(c: Components, step: int, on_policy: bool) -> list:
+    """Step ``step + 1``'s rollouts. Off-policy (sft) with rollout.offpolicy_prefetch_steps=k:
+    the teacher data of steps up to the next multiple of k in one call; the rest wait in
+    ``c.pending`` (checkpointed), each batch's group ids from 0 as if drawn alone."""
+    P = c.cfg.rollout.prompts_per_step
+    k = 1 if on_policy else c.cfg.rollout.offpolicy_prefetch_steps
+    n = k - step % k
+    rollouts = _rollouts(c, c.prompts.take(P * n))
+    if n == 1:
+        return rollouts
+    parts: Dict[int, list] = {}
+    for r in rollouts:
+        r.group_id, j = r.group_id % P, r.group_id // P
+        parts.setdefault(j, []).append(r)
+    c.pending.update({step + 1 + j: part for j, part in parts.items() if j > 0})
+    return parts[0]
 
 
 def _rollouts(c: Components, prompts, overlapped: bool = False) -> list:

@@ -70,6 +70,19 @@ def is_prepared(model: ModelConfig) -> bool:
     return stamp is not None and stamp.get("hash") == prepare_hash(model.prepare)
 
 
+PREPARE_RUN = "prepare-run"
+"""Beside a checkpoint built by a recipe: that run's record (its curve: opd compare's SFT ladder)."""
+RUN_RECORD = ("metrics.jsonl", "summary.json", "config.yaml", "environment.json")
+
+
+def keep_run_record(run_dir: Path, dst: Path) -> None:
+    """Copy the run's metrics, summary, resolved config and environment to ``dst``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in RUN_RECORD:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, dst / name)
+
+
 def ensure_model(model: ModelConfig, role: str, run_recipe: Callable[[str], Path]) -> bool:
     """Build ``model.path`` if needed; returns True when something was built.
 
@@ -98,7 +111,9 @@ def ensure_model(model: ModelConfig, role: str, run_recipe: Callable[[str], Path
             tiny.save_random_model(tmp, shapes[spec[len(RANDOM_PREFIX):]], seed=seed)
         else:
             print(f"[prepare] {role}: building {dst} with {spec} (cached afterwards)", flush=True)
-            shutil.copytree(run_recipe(spec), tmp, dirs_exist_ok=True)
+            hf_dir = run_recipe(spec)
+            shutil.copytree(hf_dir, tmp, dirs_exist_ok=True)
+            keep_run_record(hf_dir.parent, tmp / PREPARE_RUN)
         (tmp / STAMP).write_text(json.dumps({"hash": digest, "prepare": spec}, indent=1))
         commit_dir(tmp, dst)  # replaces what is there: built by prepare or empty (unsafe_target)
     except BaseException:

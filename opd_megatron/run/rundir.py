@@ -7,8 +7,12 @@ checkpoint; one with different settings is refused unless ``run.overwrite=true``
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -16,7 +20,7 @@ import yaml
 
 from opd_megatron.config import config_dict, to_yaml
 from opd_megatron.config.schema import Config
-from opd_megatron.errors import ConfigError
+from opd_megatron.errors import EXIT_PREEMPTED, ConfigError, RuntimeFailure
 
 # Settings that say where/how a run executes, not what it trains: they may differ on resume.
 EXECUTION_KEYS = {"engines", "cluster", "report"}
@@ -95,3 +99,38 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     # Temp directories of writes that were killed half-way (never renamed into place).
     for stale in ckpt_root.glob(f".{CHECKPOINT_PREFIX}*.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def finished(run_dir: Path) -> bool:
+    """The run in ``run_dir`` completed (its summary.json says so)."""
+    try:
+        return bool(json.loads((run_dir / "summary.json").read_text()).get("completed"))
+    except (OSError, ValueError):
+        return False
+
+
+def run_phase(tag: str, name: str, phase: Config, root: Path, *extra: str) -> None:
+    """One phase of a multi-run command (``opd continual``, ``opd compare``): its config written to
+    ``root/phases/<name>.yaml`` and run as ``opd run`` in a subprocess; a failure names the run
+    directory (a rerun of the same command resumes it)."""
+    path = root / "phases" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_yaml(phase))
+    print(f"[{tag}] {name}: opd run {path}", flush=True)
+    proc = subprocess.Popen([sys.executable, "-m", "opd_megatron", "run", str(path), *extra],
+                            env=dict(os.environ, PYTHONHASHSEED=os.environ.get("PYTHONHASHSEED", "0")))
+    # SIGTERM/SIGUSR1 (Slurm's warning, a kill) go to the run, which checkpoints and exits 3;
+    # then this command exits 3 too, through its cleanup (the servers it started stop).
+    old = {sig: signal.signal(sig, lambda signum, _: proc.send_signal(signum))
+           for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if code == EXIT_PREEMPTED:
+        print(f"[{tag}] {name}: preempted at a checkpoint; rerun the same command to resume", flush=True)
+        raise SystemExit(EXIT_PREEMPTED)
+    if code != 0:
+        raise RuntimeFailure(f"{tag} phase {name} failed with exit code {code} (see {root / name}); rerun the "
+                             "same command to resume it")
