@@ -213,10 +213,11 @@ compare:
     md = (root / "compare.md").read_text()
     table = md.split("## The SFT ladder")[0]
     assert "start: SFT from scratch, 32 samples" in table  # 4 steps x 8 prompts
-    assert table.count("not reached") >= 2 and "| sft (sft, lr 0.001) | best " in table
+    assert table.count("not reached") >= 2 and "| sft (sft, lr 0.001), from the start | best " in table
     assert "| 1 | 8 |" in md and "| 2 | 16 |" in md and "| 4 | 32 |" in md  # the doubling ladder
     assert "over the 4 evals from step 1 to 4" in md
-    assert md.count("| opd | ") == 2 and md.count("| yes |") == 1  # the sweep, one lr chosen
+    sweep = md.split("## Learning-rate sweep")[1].split("## At the published scale")[0]
+    assert sweep.count("| opd | ") == 2 and sweep.count("| yes |") == 1  # the sweep, one lr chosen
     assert "| OPD | 70% |" in md and "GPU-hours" in md
     assert "### At 1.0%, from the same runs" in md and list(json.loads((root / "compare.json").read_text())["lower_levels"]) == ["0.01"]
     assert (root / "accuracy_vs_flops.png").stat().st_size > 10_000

@@ -166,7 +166,8 @@ def run_compare(cfg: Config, recipe: str, overrides: Sequence[str]) -> int:
     for role in ("teacher", "student"):
         model = getattr(cfg, role)
         if model.path and not ensure_model(model, role, run_prepare_recipe):
-            reused.append(f"{role}: {model.path} (built by {model.prepare or 'hand'}; content hash matches)")
+            reused.append(f"{role}: {model.path} " + (f"(built by {model.prepare}; content hash matches)"
+                                                      if model.prepare else "(given: no prepare recipe)"))
     plan.load_ladder()
     c, root = cfg.compare, plan.root
     root.mkdir(parents=True, exist_ok=True)
