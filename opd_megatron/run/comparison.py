@@ -220,13 +220,7 @@ def run_compare(cfg: Config, recipe: str, overrides: Sequence[str]) -> int:
 
 
 def cli_main(argv: Optional[List[str]] = None) -> int:
-    import argparse
+    from opd_megatron.run.preflight import load_recipe_command
 
-    from opd_megatron.run.preflight import load_and_validate
-
-    p = argparse.ArgumentParser(prog="opd compare", description=__doc__.split("\n")[0])
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*")
-    args = p.parse_args(argv)
-    cfg, _ = load_and_validate(args.recipe, args.overrides)
-    return run_compare(cfg, args.recipe, args.overrides)
+    cfg, recipe, overrides = load_recipe_command("opd compare", __doc__.split("\n")[0], argv)
+    return run_compare(cfg, recipe, overrides)

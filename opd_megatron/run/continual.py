@@ -182,13 +182,7 @@ def run_continual(cfg: Config) -> int:
 
 
 def cli_main(argv: Optional[List[str]] = None) -> int:
-    import argparse
+    from opd_megatron.run.preflight import load_recipe_command
 
-    from opd_megatron.run.preflight import load_and_validate
-
-    p = argparse.ArgumentParser(prog="opd continual", description=__doc__.split("\n")[0])
-    p.add_argument("recipe")
-    p.add_argument("overrides", nargs="*")
-    args = p.parse_args(argv)
-    cfg, _ = load_and_validate(args.recipe, args.overrides)
+    cfg, _, _ = load_recipe_command("opd continual", __doc__.split("\n")[0], argv)
     return run_continual(cfg)

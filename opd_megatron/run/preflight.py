@@ -361,6 +361,19 @@ def load_and_validate(recipe: str, overrides: Sequence[str] = (),
     return cfg, hf
 
 
+def load_recipe_command(prog: str, description: str, argv: Optional[List[str]]) -> Tuple[Config, str, List[str]]:
+    """``PROG RECIPE [key=value ...]`` (``opd continual``, ``opd compare``): the parsed arguments
+    loaded and checked by ``load_and_validate``; returns (config, recipe, overrides)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    cfg, _ = load_and_validate(args.recipe, args.overrides)
+    return cfg, args.recipe, list(args.overrides)
+
+
 def _announce(lines: Sequence[str]) -> None:
     if lines and int(os.environ.get("RANK", "0")) == 0:
         print("\n".join(lines), flush=True)
