@@ -66,7 +66,8 @@ write_conf() {
   local last_port=$((CTLD_PORT + ${#NODE_NAMES[@]}))
   # proctrack/linuxproc + task/none: no cgroups needed (containers, laptops).
   # kill_invalid_depend: `sbatch --wait` never hangs on a job whose dependency can never run.
-  # cred_expire=30: a requeued job may start again after 30 s instead of the default 120 s.
+  # cred_expire=15: a requeued job may start again after 15 s instead of the default 120 s;
+  # sched_interval/bf_interval=2: the scheduler looks for it every 2 s, not every 60/30 s.
   cat >"$CONF" <<EOF
 ClusterName=opd-local
 SlurmctldHost=$host(127.0.0.1)
@@ -75,7 +76,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_DIR/munge.socket,cred_expire=30
+AuthInfo=socket=$MUNGE_DIR/munge.socket,cred_expire=15
 StateSaveLocation=$SLURM_DIR/state
 SlurmdSpoolDir=$SLURM_DIR/spool/%n
 SlurmctldPidFile=$SLURM_DIR/run/slurmctld.pid
@@ -91,7 +92,7 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
-SchedulerParameters=kill_invalid_depend
+SchedulerParameters=kill_invalid_depend,sched_interval=2,bf_interval=2
 ReturnToService=2
 JobRequeue=1
 SlurmdTimeout=60

@@ -117,3 +117,65 @@ def test_the_shipped_start_carries_its_ladder(tmp_path):
     assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == [
         "config.yaml", "environment.json", "metrics.jsonl", "summary.json"]
     assert json.loads((tmp_path / "copy/summary.json").read_text()) == summary
+
+
+def test_the_plan_runs_every_seed_at_the_sweeps_pick(tmp_path, monkeypatch):
+    """The shipped comparison's plan, validated with no server: with compare.sweep each arm runs
+    its sweep rates at the first seed, its own rate at every seed; an lr the sweep picks gets the
+    other seeds at that lr, the first seed's run being the sweep's own. Every run stops at the
+    target, keeps its arm's step cap and seed, and lives under the comparison's directory."""
+    from opd_megatron.run.comparison import Plan, run_name
+    from opd_megatron.run.preflight import load_and_validate
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    recipe, overrides = "recipes/compare-tiny-cpu.yaml", ["compare.sweep=true", f"run.output_dir={tmp_path}"]
+    cfg, _ = load_and_validate(recipe, overrides)
+    c = cfg.compare
+    plan = Plan(cfg, recipe, overrides)
+    assert c.sweep and len(c.seeds) == 3
+    expected = set()
+    for arm, lrs in c.sweep_lrs.items():  # any rate may be the pick: each at every seed
+        expected |= {run_name(arm, lr, seed) for lr in [*lrs, plan.base_lr[arm]] for seed in c.seeds}
+    assert set(plan.phases) == expected
+    for name, p in plan.phases.items():
+        arm = name.rsplit("-lr", 1)[0]
+        assert p.run.name == name and name.endswith(f"-s{p.run.seed}") and f"-lr{p.optim.lr:g}-" in name
+        assert p.eval.stop_at_accuracy == c.target_accuracy and p.run.output_dir == str(plan.root)
+        assert f"run.num_steps={p.run.num_steps}" in c.arms[arm] and not p.compare.arms
+    pick = next(lr for lr in c.sweep_lrs["sft"] if lr != plan.base_lr["sft"])
+    assert pick != plan.base_lr["sft"]
+    runs = plan.arm_phases("sft", pick)
+    assert [(seed, name) for seed, name, _ in runs] == [(s, run_name("sft", pick, s)) for s in c.seeds]
+    assert runs[0][2] is plan.phases[run_name("sft", pick, c.seeds[0])]  # the sweep's run, not a copy
+    assert [p.run.seed for _, _, p in runs] == list(c.seeds) and {p.optim.lr for _, _, p in runs} == {pick}
+
+
+def test_a_finished_run_is_reused_only_for_the_settings_it_ran(tmp_path, monkeypatch):
+    """`opd compare` / `opd continual` skip a phase whose run finished with the same settings and
+    step count; one finished under an edited recipe (another lr, another cap) is refused by
+    name before anything runs, never reported as the run asked for; an unfinished one resumes."""
+    import copy
+    import json
+
+    from opd_megatron.config.load import load_config
+    from opd_megatron.errors import ConfigError
+    from opd_megatron.run.rundir import open_run_dir, reusable
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    cfg = load_config("recipes/opd-tiny-cpu.yaml")
+    cfg.run.output_dir, cfg.run.name = str(tmp_path), "arm-s1"
+    run_dir = open_run_dir(cfg, None)
+    assert not reusable(cfg)  # started, not finished: `opd run` resumes it
+    (run_dir / "summary.json").write_text(json.dumps({"completed": True, "steps": cfg.run.num_steps}))
+    assert reusable(cfg)
+    moved = copy.deepcopy(cfg)
+    moved.engines.student.urls, moved.run.quiet = ["http://127.0.0.1:1"], True  # where it runs: no matter
+    assert reusable(moved)
+    for key, value in (("optim.lr", cfg.optim.lr * 3), ("run.num_steps", cfg.run.num_steps // 2)):
+        other = copy.deepcopy(cfg)
+        section, name = key.split(".")
+        setattr(getattr(other, section), name, value)
+        with pytest.raises(ConfigError, match=r"run\.name: .*arm-s1 holds a finished run with other settings"):
+            reusable(other)

@@ -237,6 +237,29 @@ def test_bad_compare_exits_2_and_writes_nothing(env, capsys, case_id, overrides,
     test_bad_input_exits_2_and_writes_nothing(env, capsys, "compare", case_id, overrides, None, needle)
 
 
+def _finished_arm_run_of_another_lr(d: Path) -> None:
+    """runs/<name>/sft-lr<lr>-s<seed>: finished, but trained at another lr than the arm asks for."""
+    import json as _json
+
+    from opd_megatron.config import to_yaml
+    from opd_megatron.config.load import load_config
+    from opd_megatron.run.comparison import run_name
+
+    cfg = load_config(d / "recipe.yaml", [ARMS])
+    run = Path(cfg.run.output_dir) / cfg.run.name / run_name("sft", cfg.optim.lr, cfg.compare.seeds[0])
+    cfg.optim.lr *= 3
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    (run / "summary.json").write_text(_json.dumps({"completed": True}))
+
+
+def test_compare_refuses_a_finished_run_of_other_settings(env, capsys):
+    """An edited recipe over an earlier comparison: the finished run under the arm's name is not
+    the run asked for; refused by name instead of being reported as it."""
+    test_bad_input_exits_2_and_writes_nothing(env, capsys, "compare", "compare-stale-run", [ARMS],
+                                              _finished_arm_run_of_another_lr, "holds a finished run with other settings")
+
+
 FILE_CASES = [
     ("recipe-missing", "missing.yaml", None, "missing.yaml"),
     ("recipe-bad-yaml", "bad.yaml", "run: {name: [unclosed\n", "bad.yaml"),
@@ -302,6 +325,6 @@ def test_prepare_never_replaces_what_it_did_not_build(env, capsys):
 def test_catalogue_size_is_what_the_readme_says():
     import re
 
-    size = len(CASES) + len(RUN_CASES) + len(COMPARE_CASES) + len(FILE_CASES) + 1
+    size = len(CASES) + len(RUN_CASES) + len(COMPARE_CASES) + len(FILE_CASES) + 2  # + the two run-dir refusals below CASES
     claimed = re.search(r"\| bad recipe, key, value, [^|]*\((\d+) cases\)", (REPO / "README.md").read_text())
     assert claimed and int(claimed[1]) == size >= 100, (claimed and claimed[1], size)

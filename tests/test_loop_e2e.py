@@ -171,7 +171,9 @@ def test_sft_teacher_data_prefetched_resumes_bit_exact(loop_env):
     """sft drawing three steps of teacher data per engine call (steps 1-3, then 4-6): straight,
     and SIGKILLed after step 3's line and resumed from the step-2 checkpoint, which holds step 3's
     batch drawn at step 1: the same records and weights. The other process redoes steps 1-2 from
-    nothing, so equal results show the same seed giving the same run and the resume being exact."""
+    nothing, so equal results show the same seed giving the same run and the resume being exact.
+    And a run to 2 steps is the first 2 steps of the 4-step one (a constant lr: what makes one
+    SFT ladder run its curve at every data size, recipes/tiny/sft-ladder.yaml)."""
     models, student, teacher, tmp = loop_env
     _run(tmp, models, student, teacher, "run.name=prefetch", *PREFETCH, recipe="sft-tiny-cpu.yaml")
     _run(tmp, models, student, teacher, "run.name=prefetch-killed", *PREFETCH, recipe="sft-tiny-cpu.yaml",
@@ -184,6 +186,10 @@ def test_sft_teacher_data_prefetched_resumes_bit_exact(loop_env):
     assert all((w["prefetch"][k] == w["prefetch-killed"][k]).all() for k in w["prefetch"])
     train = [r for r in _records(tmp / "runs/prefetch") if "loss" in r]
     assert [s["step"] for s in train if "rollout" in s["stage_seconds"]] == [1, 4]  # one call per 3 steps
+    _run(tmp, models, student, teacher, "run.name=prefetch-short", *PREFETCH, "run.num_steps=2",
+         recipe="sft-tiny-cpu.yaml")
+    short = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in _records(tmp / "runs/prefetch-short")]
+    assert [r for r in short if "loss" in r] == [r for r in runs["prefetch"] if "loss" in r][:2]
     assert all(r["num_tokens"] > 0 for r in train)
     flops = [r["flops"]["teacher_sampling"] for r in train]
     assert all(b > a for a, b in zip([0.0] + flops, flops))  # counted per step trained, not per call

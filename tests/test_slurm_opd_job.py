@@ -12,7 +12,7 @@ Each step is logged once across the three job instances (metrics.jsonl rewinds o
 resume on fresh servers is bit-identical to an uninterrupted run is shown without Slurm
 (tests/test_reliability_kill_resume.py, tests/test_reliability_server_restart.py).
 
-    flock /tmp/opd-heavy.lock .venv/bin/pytest -q tests/test_slurm_opd_job.py   (~6 min on 2 cores)
+    flock /tmp/opd-heavy.lock .venv/bin/pytest -q tests/test_slurm_opd_job.py   (~5 min on 2 cores)
 """
 
 from __future__ import annotations

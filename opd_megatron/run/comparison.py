@@ -31,7 +31,7 @@ from opd_megatron.errors import ConfigError
 from opd_megatron.report import efficiency as eff
 from opd_megatron.report.inputs import read_json
 from opd_megatron.report.metrics import METRICS_FILE, read_metrics
-from opd_megatron.run.rundir import finished, run_dir_of, run_phase
+from opd_megatron.run.rundir import reusable, run_dir_of, run_phase
 
 
 def run_name(arm: str, lr: float, seed: int) -> str:
@@ -108,6 +108,9 @@ class Plan:
             for seed in c.seeds:
                 name, p = phase(arm, seed, None)
                 self.phases.setdefault(name, p)
+            for lr in lrs:  # whichever rate the sweep picks, its runs at every seed
+                self.arm_phases(arm, lr)
+        self.done = {name for name, p in self.phases.items() if reusable(p)}  # ConfigError: a stale run
 
     def load_ladder(self) -> None:
         self.ladder, self.ladder_summary, self.ladder_cfg = read_ladder(self.cfg)
@@ -182,7 +185,7 @@ def run_compare(cfg: Config, recipe: str, overrides: Sequence[str]) -> int:
             if name in ran:
                 return
             ran.add(name)
-            if finished(root / name):
+            if name in plan.done:
                 print(f"[compare] {name}: finished earlier, reused", flush=True)
                 reused.append(f"run {name}: finished earlier in {root / name}")
                 return

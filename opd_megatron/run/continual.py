@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from opd_megatron.config import to_yaml
 from opd_megatron.config.schema import Config
 from opd_megatron.errors import ConfigError
-from opd_megatron.run.rundir import finished, run_dir_of, run_phase
+from opd_megatron.run.rundir import reusable, run_dir_of, run_phase
 from opd_megatron.data import knowledge
 from opd_megatron.data.arithmetic import is_correct
 from opd_megatron.methods import method_of
@@ -146,6 +146,8 @@ def run_continual(cfg: Config) -> int:
                           "instruct task's held-out prompts; set it >= 1 (e.g. 500)")
     root = run_dir_of(cfg)
     ensure_model(cfg.student, "student", run_prepare_recipe)
+    plan = phases(cfg, root)
+    ran = {name for name, phase in plan if reusable(phase)}  # ConfigError: a stale run, before anything is written
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(to_yaml(cfg))
     results_path = root / "continual.json"
@@ -162,10 +164,9 @@ def run_continual(cfg: Config) -> int:
               f"(steps {row['follows_steps']:.1%}, answer {row['follows_answer']:.1%}), "
               f"accuracy {row['accuracy']:.1%}", flush=True)
 
-    plan = phases(cfg, root)
     record("base", cfg.student.path, 1)
     for i, (name, phase) in enumerate(plan):
-        if not finished(root / name):
+        if name not in ran:
             run_phase("continual", name, phase, root)
         record(name, str(root / name / "hf"), i // 2 + 1)
     rows[0]["benchmarks"] = benchmark_scores(root / plan[0][0], first=True)  # the base, before phase 1

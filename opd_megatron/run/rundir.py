@@ -109,6 +109,26 @@ def finished(run_dir: Path) -> bool:
         return False
 
 
+def reusable(phase: Config) -> bool:
+    """A multi-run command's phase already ran: its run directory holds a finished run of the same
+    settings and run.num_steps. ConfigError if it holds a finished run of other settings (an edited
+    recipe): reusing it would report a run that was not asked for."""
+    from opd_megatron.config.load import load_config
+
+    run_dir = run_dir_of(phase)
+    if not finished(run_dir):
+        return False
+    try:  # through the schema: a setting added since that run compares as its default
+        old: Optional[Dict[str, Any]] = config_dict(load_config(str(run_dir / "config.yaml")))
+    except (OSError, ConfigError, ValueError):
+        old = None
+    if old is not None and _identity(old) == _identity(config_dict(phase)) \
+            and old["run"]["num_steps"] == phase.run.num_steps:
+        return True
+    raise ConfigError(f"run.name: {run_dir} holds a finished run with other settings than this one asks for "
+                      f"(an edited recipe or override); move that directory away or choose another run.name")
+
+
 def run_phase(tag: str, name: str, phase: Config, root: Path, *extra: str) -> None:
     """One phase of a multi-run command (``opd continual``, ``opd compare``): its config written to
     ``root/phases/<name>.yaml`` and run as ``opd run`` in a subprocess; a failure names the run
