@@ -239,8 +239,6 @@ def test_bad_compare_exits_2_and_writes_nothing(env, capsys, case_id, overrides,
 
 def _finished_arm_run_of_another_lr(d: Path) -> None:
     """runs/<name>/sft-lr<lr>-s<seed>: finished, but trained at another lr than the arm asks for."""
-    import json as _json
-
     from opd_megatron.config import to_yaml
     from opd_megatron.config.load import load_config
     from opd_megatron.run.comparison import run_name
@@ -250,7 +248,7 @@ def _finished_arm_run_of_another_lr(d: Path) -> None:
     cfg.optim.lr *= 3
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(to_yaml(cfg))
-    (run / "summary.json").write_text(_json.dumps({"completed": True}))
+    (run / "summary.json").write_text(json.dumps({"completed": True}))
 
 
 def test_compare_refuses_a_finished_run_of_other_settings(env, capsys):
