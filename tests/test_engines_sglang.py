@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from tests.engines_helpers import free_port, hf_response_logprobs, token_logprobs
 from opd_megatron.engines.client import EngineClient
 from opd_megatron.engines.http import EngineRequestError
+from opd_megatron.errors import ConfigError
 from opd_megatron.engines.weight_sync import (DiskSync, DistributedSync, TensorSync,
                                               served_weight_version)
 from opd_megatron.engines.weight_sync.tensor import serialize_named_tensors
@@ -168,3 +169,33 @@ def test_push_after_a_writer_died_mid_push(student_server, engine_models, capsys
         _assert_serves(requests, engine_models["student"], engine_models["student_v2"], 7)
     finally:
         TensorSync(servers).push(v0, version=0)
+
+
+def test_streamed_samples_come_as_they_finish_and_equal_the_batch_request(student_server):
+    """astream: the same requests as generate (one batched /generate per server), sent streamed,
+    so each sample is yielded when it ends: the same rollouts bit for bit, shorter ones first."""
+    import asyncio
+    from collections import Counter
+
+    client = EngineClient(student_server.request_urls)
+    prompts, kw = PROMPTS * 6, dict(samples_per_prompt=2, max_new_tokens=16, seed=5)
+    plain = client.generate(prompts, **kw)
+    # End samples at the two tokens the model samples most, so lengths differ within the batch.
+    stop = [t for t, _ in Counter(t for r in plain for t in r.response_ids[:-1]).most_common(2)]
+    batch = client.generate(prompts, stop_token_ids=stop, **kw)
+
+    async def collect():
+        return [r async for r in client.astream(prompts, stop_token_ids=stop, **kw)]
+
+    def fields(r):
+        return r.group_id, r.response_ids, r.sampler_logprobs, r.finish_reason, r.weight_version
+
+    streamed = asyncio.run(collect())
+    assert sorted(map(fields, streamed)) == sorted(map(fields, batch))
+    lengths = [len(r.response_ids) for r in streamed]
+    print("streamed lengths in arrival order:", lengths)
+    assert len(set(lengths)) > 2, lengths
+    half = len(lengths) // 2
+    assert sum(lengths[:half]) / half < sum(lengths[half:]) / (len(lengths) - half), lengths
+    with pytest.raises(ConfigError, match="need a seed"):
+        asyncio.run(client.astream(prompts, samples_per_prompt=2, max_new_tokens=4).__anext__())

@@ -16,14 +16,15 @@ recompute the prompt for every sample (bench/engine_throughput.py measures both)
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, AsyncIterator, Dict, List, Optional, Sequence
 
 import aiohttp
 
 from opd_megatron.config.schema import EnginesConfig
 from opd_megatron.engines import requests as req
-from opd_megatron.engines.http import RetryPolicy, get_json, post_json
+from opd_megatron.engines.http import EngineUnavailable, RetryPolicy, get_json, post_json
 from opd_megatron.errors import ConfigError
 from opd_megatron.types import Rollout
 
@@ -209,6 +210,85 @@ class EngineClient:
             rollouts.extend(req.parse_generate(answer, prompt_ids[i], i, 1 if per_sample else G,
                                                self.urls[i % len(self.urls)]))
         return rollouts
+
+    async def astream(self, prompt_ids: List[List[int]], *, samples_per_prompt: int = 1,
+                      max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                      top_k: int = -1, seed: Optional[int] = None,
+                      stop_token_ids: Optional[List[int]] = None) -> AsyncIterator[Rollout]:
+        """``agenerate``'s rollouts, each yielded as soon as its sample finishes (finish order).
+
+        The requests, their seeds and each server's batch are ``agenerate``'s (one batched
+        /generate per server, contiguous chunks), sent with ``stream: true`` and a stream interval
+        past ``max_new_tokens``, so a server sends each sample once, when it ends, tagged with its
+        index in the batch; the rollouts are ``agenerate``'s bit for bit (measured on CPU SGLang),
+        only their order differs. No retry: a server that fails mid-stream raises
+        ``EngineUnavailable``. Needs one request per sample (``seed`` set, or one sample per prompt)."""
+        G = samples_per_prompt
+        if G > 1 and seed is None:
+            raise ConfigError("astream: several samples per prompt need a seed (one request per sample)")
+        jobs = [(i, g) for i in range(len(prompt_ids)) for g in range(G)]
+        payloads = [req.generate_payload(prompt_ids[i], samples_per_prompt=1, max_new_tokens=max_new_tokens,
+                                         temperature=temperature, top_p=top_p, top_k=top_k,
+                                         stop_token_ids=stop_token_ids, banned_ids=self.padded_ids,
+                                         seed=None if seed is None else seed + i * G + g)
+                    for i, g in jobs]
+        num = min(len(self.urls), len(payloads))
+        size = -(-len(payloads) // num) if payloads else 1
+        done: asyncio.Queue = asyncio.Queue()
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+        async def one(j: int, session: aiohttp.ClientSession) -> None:
+            url, lo = self.urls[j], j * size
+            body = req.batch_payload(payloads[lo:lo + size])
+            body["stream"] = True
+            for params in body["sampling_params"]:
+                params["stream_interval"] = max_new_tokens + 1  # only the finished sample is sent
+            timeout = aiohttp.ClientTimeout(total=self.policy.request_timeout_s)
+            buffer = b""
+            try:
+                async with session.post(url + "/generate", json=body, timeout=timeout, headers=headers) as resp:
+                    if resp.status >= 400:
+                        raise req.EngineRequestError(f"SGLang server {url} rejected a streamed POST /generate "
+                                                     f"with HTTP {resp.status}: {(await resp.text())[:300]}")
+                    async for data in resp.content.iter_any():
+                        buffer += data
+                        *events, buffer = buffer.split(b"\n\n")
+                        for event in events:
+                            text = event.strip()[len(b"data:"):].strip()
+                            if not text or text == b"[DONE]":
+                                continue
+                            item = json.loads(text)
+                            if "error" in item:
+                                raise req.EngineRequestError(f"SGLang server {url}: {item['error']}")
+                            if item["meta_info"].get("finish_reason") is None:
+                                continue
+                            i = jobs[lo + int(item.get("index", 0))][0]
+                            self.stats.add(item["meta_info"])
+                            done.put_nowait(req.parse_generate(item, prompt_ids[i], i, 1, url)[0])
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise EngineUnavailable(f"SGLang server {url} failed a streamed POST /generate: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+
+        async with self._session() as session:
+            streams = {asyncio.create_task(one(j, session)) for j in range(num if payloads else 0)}
+            try:
+                for _ in payloads:
+                    getter = asyncio.ensure_future(done.get())
+                    while not getter.done():
+                        finished, _ = await asyncio.wait({getter, *streams}, return_when=asyncio.FIRST_COMPLETED)
+                        for t in finished - {getter}:
+                            streams.discard(t)
+                            if t.exception() is not None:
+                                getter.cancel()
+                                raise t.exception()
+                        if not getter.done() and not streams and done.empty():
+                            getter.cancel()
+                            raise EngineUnavailable("a streamed /generate ended before all its samples finished")
+                    yield getter.result()
+            finally:
+                for t in streams:
+                    t.cancel()
+                await asyncio.gather(*streams, return_exceptions=True)
 
     # -- teacher scoring ------------------------------------------------------------------
     def _top_logprobs_num(self, temperature: float, top_k: int) -> int:
