@@ -190,9 +190,10 @@ def test_streamed_samples_come_as_they_finish_and_equal_the_batch_request(studen
     def fields(r):
         return r.group_id, r.response_ids, r.sampler_logprobs, r.finish_reason, r.weight_version
 
-    streamed = asyncio.run(collect())
-    assert sorted(map(fields, streamed)) == sorted(map(fields, batch))
-    lengths = [len(r.response_ids) for r in streamed]
+    arrived = asyncio.run(collect())
+    assert sorted(k for k, _ in arrived) == list(range(len(batch)))
+    assert [fields(r) for _, r in sorted(arrived, key=lambda kr: kr[0])] == [fields(r) for r in batch]
+    lengths = [len(r.response_ids) for _, r in arrived]
     print("streamed lengths in arrival order:", lengths)
     assert len(set(lengths)) > 2, lengths
     half = len(lengths) // 2

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Dict, List, Optional, Sequence
+from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
 
 import aiohttp
 
@@ -214,14 +214,15 @@ class EngineClient:
     async def astream(self, prompt_ids: List[List[int]], *, samples_per_prompt: int = 1,
                       max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                       top_k: int = -1, seed: Optional[int] = None,
-                      stop_token_ids: Optional[List[int]] = None) -> AsyncIterator[Rollout]:
-        """``agenerate``'s rollouts, each yielded as soon as its sample finishes (finish order).
+                      stop_token_ids: Optional[List[int]] = None) -> AsyncIterator[Tuple[int, Rollout]]:
+        """``agenerate``'s rollouts, each yielded as soon as its sample finishes (finish order), as
+        ``(k, rollout)``: k is its index in ``agenerate``'s list.
 
         The requests, their seeds and each server's batch are ``agenerate``'s (one batched
         /generate per server, contiguous chunks), sent with ``stream: true`` and a stream interval
         past ``max_new_tokens``, so a server sends each sample once, when it ends, tagged with its
         index in the batch; the rollouts are ``agenerate``'s bit for bit (measured on CPU SGLang),
-        only their order differs. No retry: a server that fails mid-stream raises
+        only their order differs (k puts them back). No retry: a server that fails mid-stream raises
         ``EngineUnavailable``. Needs one request per sample (``seed`` set, or one sample per prompt)."""
         G = samples_per_prompt
         if G > 1 and seed is None:
@@ -262,9 +263,10 @@ class EngineClient:
                                 raise req.EngineRequestError(f"SGLang server {url}: {item['error']}")
                             if item["meta_info"].get("finish_reason") is None:
                                 continue
-                            i = jobs[lo + int(item.get("index", 0))][0]
+                            k = lo + int(item.get("index", 0))
+                            i = jobs[k][0]
                             self.stats.add(item["meta_info"])
-                            done.put_nowait(req.parse_generate(item, prompt_ids[i], i, 1, url)[0])
+                            done.put_nowait((k, req.parse_generate(item, prompt_ids[i], i, 1, url)[0]))
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 raise EngineUnavailable(f"SGLang server {url} failed a streamed POST /generate: "
                                         f"{type(exc).__name__}: {exc}") from exc
