@@ -126,6 +126,11 @@ class EngineClient:
         async with self._session() as session:
             return await asyncio.gather(*(one(i, p, session) for i, p in enumerate(payloads)))
 
+    def _server_batches(self, payloads: List[Dict[str, Any]]) -> List[Tuple[int, List[Dict[str, Any]]]]:
+        """``payloads`` as contiguous batches, at most one per server URL, each with its offset."""
+        size = -(-len(payloads) // min(len(self.urls), len(payloads))) if payloads else 1
+        return [(lo, payloads[lo:lo + size]) for lo in range(0, len(payloads), size)]
+
     async def _post_batched(self, path: str, payloads: List[Dict[str, Any]], *,
                             offset: int = 0) -> List[Any]:
         """One batched /generate request per server (contiguous chunks, order kept).
@@ -133,9 +138,7 @@ class EngineClient:
         Why: concurrent single requests reach the scheduler in a varying order, so batch
         composition, and with it the last bits of CPU logprobs, change from run to run; a batch
         request hands the scheduler the same requests in the same order every time."""
-        num = min(len(self.urls), len(payloads))
-        size = -(-len(payloads) // num)
-        chunks = [payloads[i:i + size] for i in range(0, len(payloads), size)]
+        chunks = [chunk for _, chunk in self._server_batches(payloads)]
 
         async def one(j: int, chunk: List[Dict[str, Any]], session: aiohttp.ClientSession) -> Any:
             answer = await post_json(session, self.urls, path, req.batch_payload(chunk), self.policy,
@@ -181,6 +184,17 @@ class EngineClient:
                                   timeout_s=self.policy.request_timeout_s, api_key=self.api_key)
 
     # -- sampling -------------------------------------------------------------------------
+    def _sample_requests(self, prompt_ids: List[List[int]], G: int, per_sample: bool, *,
+                         seed: Optional[int], **sampling: Any) -> Tuple[List[Tuple[int, int]], List[Dict[str, Any]]]:
+        """The /generate bodies of G samples per prompt: ``(prompt, sample)`` per request and the
+        bodies, one request per sample (``per_sample``, each its own seed) or one n=G per prompt."""
+        jobs = [(i, g) for i in range(len(prompt_ids)) for g in range(G if per_sample else 1)]
+        payloads = [req.generate_payload(prompt_ids[i], samples_per_prompt=1 if per_sample else G,
+                                         banned_ids=self.padded_ids,
+                                         seed=None if seed is None else seed + i * G + g, **sampling)
+                    for i, g in jobs]
+        return jobs, payloads
+
     async def agenerate(self, prompt_ids: List[List[int]], *, samples_per_prompt: int = 1,
                         max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                         top_k: int = -1, seed: Optional[int] = None,
@@ -193,15 +207,12 @@ class EngineClient:
         # With a seed, each sample is its own request with its own seed: SGLang gives the G
         # copies of an n=G request one seed, hence G identical samples. Without one, n=G lets
         # SGLang prefill the prompt once and fork it.
-        per_sample = seed is not None and samples_per_prompt > 1
         G = samples_per_prompt
-        jobs = [(i, g) for i in range(len(prompt_ids)) for g in range(G if per_sample else 1)]
-        payloads = [req.generate_payload(prompt_ids[i], samples_per_prompt=1 if per_sample else G,
-                                         max_new_tokens=max_new_tokens, temperature=temperature,
-                                         top_p=top_p, top_k=top_k, ignore_eos=ignore_eos,
-                                         stop_token_ids=stop_token_ids, banned_ids=self.padded_ids,
-                                         seed=None if seed is None else seed + i * G + g)
-                    for i, g in jobs]
+        per_sample = seed is not None and G > 1
+        jobs, payloads = self._sample_requests(
+            prompt_ids, G, per_sample, seed=seed, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, top_k=top_k, ignore_eos=ignore_eos,
+            stop_token_ids=stop_token_ids)
         answers = await self._post_many("/generate", payloads)
         rollouts: List[Rollout] = []
         for (i, _), answer in zip(jobs, answers):
@@ -227,20 +238,15 @@ class EngineClient:
         G = samples_per_prompt
         if G > 1 and seed is None:
             raise ConfigError("astream: several samples per prompt need a seed (one request per sample)")
-        jobs = [(i, g) for i in range(len(prompt_ids)) for g in range(G)]
-        payloads = [req.generate_payload(prompt_ids[i], samples_per_prompt=1, max_new_tokens=max_new_tokens,
-                                         temperature=temperature, top_p=top_p, top_k=top_k,
-                                         stop_token_ids=stop_token_ids, banned_ids=self.padded_ids,
-                                         seed=None if seed is None else seed + i * G + g)
-                    for i, g in jobs]
-        num = min(len(self.urls), len(payloads))
-        size = -(-len(payloads) // num) if payloads else 1
+        jobs, payloads = self._sample_requests(
+            prompt_ids, G, True, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, top_k=top_k, stop_token_ids=stop_token_ids)
         done: asyncio.Queue = asyncio.Queue()
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-        async def one(j: int, session: aiohttp.ClientSession) -> None:
-            url, lo = self.urls[j], j * size
-            body = req.batch_payload(payloads[lo:lo + size])
+        async def one(j: int, lo: int, batch: List[Dict[str, Any]], session: aiohttp.ClientSession) -> None:
+            url = self.urls[j]
+            body = req.batch_payload(batch)
             body["stream"] = True
             for params in body["sampling_params"]:
                 params["stream_interval"] = max_new_tokens + 1  # only the finished sample is sent
@@ -272,7 +278,8 @@ class EngineClient:
                                         f"{type(exc).__name__}: {exc}") from exc
 
         async with self._session() as session:
-            streams = {asyncio.create_task(one(j, session)) for j in range(num if payloads else 0)}
+            streams = {asyncio.create_task(one(j, lo, batch, session))
+                       for j, (lo, batch) in enumerate(self._server_batches(payloads))}
             try:
                 for _ in payloads:
                     getter = asyncio.ensure_future(done.get())
