@@ -1,8 +1,9 @@
 """The step as a pipeline (#20), measured side by side in one run: the tiny recipe with
-rollout.max_staleness 0 and 1 and rollout.stream_chunks off and on, then the same schedules
-projected onto the Qwen3 recipe's three node groups from its FLOPs account.
+rollout.max_staleness 0 and 1, each with rollout.stream_chunks off (0), 2 batches (2) and each
+rollout scored as it finishes (1), then the same schedules projected onto the Qwen3 recipe's three
+node groups from its FLOPs account.
 
-    .venv/bin/python bench/pipeline.py                 # 4 runs x 30 steps, ~10 min on 2 cores
+    .venv/bin/python bench/pipeline.py                 # 6 runs x 30 steps, ~15 min on 2 cores
     .venv/bin/python bench/pipeline.py --steps 10 --eval-prompts 100
 
 Each run is a real ``opd run`` (its own SGLang servers, the Megatron-Core learner), one after
@@ -15,7 +16,8 @@ stages overlap), and held-out accuracy after the last step with its standard err
 The projection: seconds per stage of one Qwen3 step from ``plan.describe.flops_per_step`` at a
 stated MFU (``plan.budget.step_seconds``: each role on its own GPUs), then the learner's idle share
 of the step for each schedule. Serial: sampling, scoring, training one after another. Streaming
-with N batches: scoring of batch j overlaps sampling of batch j+1 (max(s, t) + min(s, t) / N).
+with N batches: scoring of batch j overlaps sampling of batch j+1 (max(s, t) + min(s, t) / N); each
+rollout: the same with N the step's rollouts, the responses finishing spread over the sampling.
 Staleness 1: the next step's sampling and scoring run while the learner trains (max(train, rest)).
 Weight-sync time is not in the FLOPs account and is left out of both.
 """
@@ -32,7 +34,8 @@ from pathlib import Path
 from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEDULES = [("serial", 0, 0), ("streaming", 0, 2), ("staleness 1", 1, 0), ("staleness 1 + streaming", 1, 2)]
+SCHEDULES = [("serial", 0, 0), ("streaming", 0, 2), ("each rollout", 0, 1), ("staleness 1", 1, 0),
+             ("staleness 1 + streaming", 1, 2), ("staleness 1 + each rollout", 1, 1)]
 LOOP_EXCLUDED = ("eval", "checkpoint")
 QWEN3_RECIPE = REPO / "recipes" / "opd-qwen3-8b-to-8b-base-3n8g.yaml"
 
@@ -84,20 +87,27 @@ def projection(mfu: float, sampling_mfu: float, chunks: int) -> List[str]:
                         sampling_mfu=sampling_mfu)
     s, t, train = secs.get("student_sampling", 0.0), secs.get("teacher_scoring", 0.0), secs["learner_train"]
     streamed = max(s, t) + min(s, t) / chunks
-    rows = {"serial": s + t + train, "streaming": streamed + train,
-            "staleness 1": max(train, s + t), "staleness 1 + streaming": max(train, streamed)}
+    # each rollout scored as it finishes: with finish times spread evenly over the sampling, only
+    # the last rollout's scoring (or the scoring beyond the sampling) is left after it
+    num_rollouts = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
+    each = max(s, t) + min(s, t) / num_rollouts
+    rows = {"serial": s + t + train, "streaming": streamed + train, "each rollout": each + train,
+            "staleness 1": max(train, s + t), "staleness 1 + streaming": max(train, streamed),
+            "staleness 1 + each rollout": max(train, each)}
     lines = [f"Qwen3 projection: {QWEN3_RECIPE.name}, GPUs student {gpus['student']} / teacher {gpus['teacher']} / "
              f"learner {gpus['learner']}, {placement.profile.gpu_peak_tflops:g} TFLOP/s per GPU, training MFU {mfu:g}, "
-             f"sampling MFU {sampling_mfu:g} (upper bound: every response at max_new_tokens; weight sync left out)",
+             f"sampling MFU {sampling_mfu:g} (upper bound: every response at max_new_tokens; weight sync left out;"
+             f" 'each rollout' assumes the responses finish spread evenly over the sampling)",
              f"  stage seconds per step: sampling {s:.0f}, teacher scoring {t:.0f}, learner {train:.0f}",
              f"  {'schedule':26s} {'step s':>8s} {'learner idle':>13s} {'speed-up':>9s}"]
     for name, step in rows.items():
         lines.append(f"  {name:26s} {step:8.0f} {100 * (1 - train / step):12.1f}% {rows['serial'] / step:8.2f}x")
     # sampling scales as 1 / sampling MFU: the MFU at which the pipelined learner idles <= 20%
-    limit = train / 0.8 - t / chunks  # sampling seconds that fit beside training (sampling > scoring)
-    need = s * sampling_mfu / limit if limit > 0 else float("inf")
-    lines.append(f"  staleness 1 + streaming idles the learner <= 20% once sampling takes <= {limit:.0f} s "
-                 f"(sampling MFU >= {need:.2f} on these GPUs, or {need / sampling_mfu:.1f}x the student GPUs)")
+    for name, pieces in (("staleness 1 + streaming", chunks), ("staleness 1 + each rollout", num_rollouts)):
+        limit = train / 0.8 - t / pieces  # sampling seconds that fit beside training (sampling > scoring)
+        need = s * sampling_mfu / limit if limit > 0 else float("inf")
+        lines.append(f"  {name} idles the learner <= 20% once sampling takes <= {limit:.0f} s "
+                     f"(sampling MFU >= {need:.2f} on these GPUs, or {need / sampling_mfu:.2f}x the student GPUs)")
     return lines
 
 

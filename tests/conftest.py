@@ -13,6 +13,24 @@ pytest_plugins = ["tests.engines_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+TIMING_KEYS = {"stage_seconds", "tokens_per_s"}
+"""The metrics.jsonl fields that are wall times, left out where two runs are compared."""
+
+
+def untimed(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def assert_same_run(a, b, tol: float = 1e-4):
+    """Two runs' untimed records: the same lines and fields, every count equal, every float to ``tol``."""
+    assert [sorted(r) for r in a] == [sorted(r) for r in b]
+    for ra, rb in zip(a, b):
+        for key, va in ra.items():
+            vb = rb[key]
+            if isinstance(va, float) and isinstance(vb, float):
+                assert va == pytest.approx(vb, rel=tol, abs=tol), (ra["step"], key)
+            else:
+                assert va == vb, (ra["step"], key)
 os.environ.setdefault("PYTHONHASHSEED", "0")
 # No hub cache a developer filled leaks into the tests (opd_megatron/run/fetch.py); tests that
 # need one make their own (qwen3_hub_cache, tests/test_fetch.py). Never created.

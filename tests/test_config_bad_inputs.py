@@ -152,7 +152,7 @@ EDGES = [
     ("cluster.num_nodes", "0"), ("cluster.gpus_per_node", "-1"), ("cluster.signal_s", "-1"),
     ("continual.rounds", "0"), ("continual.midtrain_lr", "0"), ("objective.discount", "-0.01"),
     ("optim.lr", "nan"), ("rollout.top_p", ".inf"), ("objective.kl_coef", "-.inf"),
-    ("rollout.max_staleness", "-1"), ("rollout.stream_chunks", "1"),
+    ("rollout.max_staleness", "-1"), ("rollout.stream_chunks", "-1"),
     ("rollout.offpolicy_prefetch_steps", "0"), ("eval.stop_at_accuracy", "1.5"),
     ("compare.target_accuracy", "0"), ("compare.fit_from_step", "0"),
 ]

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, REPO
+from tests.conftest import PYTHON, REPO, assert_same_run, untimed
 from tests.engines_fixtures import restore_student
 
 pytestmark = pytest.mark.slow
-TIMING_KEYS = {"stage_seconds", "tokens_per_s"}
 
 
 def _run(tmp: Path, models, student_server, teacher_server, *overrides: str, recipe="opd-tiny-cpu.yaml",
@@ -111,14 +110,32 @@ def test_methods_run_end_to_end(loop_env, request, name, recipe, extra):
 def test_same_seed_same_metrics(loop_env, opd_output):
     models, student, teacher, tmp = loop_env
     _run(tmp, models, student, teacher, "run.name=again", *OPD_EXTRA)  # the opd run's command again
-    runs = [[{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in _records(tmp / "runs" / name)]
-            for name in ("opd", "again")]
+    runs = [untimed(_records(tmp / "runs" / name)) for name in ("opd", "again")]
     assert runs[0] == runs[1]
     from safetensors.torch import load_file
 
     a = load_file(str(tmp / "runs/opd/hf/model.safetensors"))
     b = load_file(str(tmp / "runs/again/hf/model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_each_rollout_streamed_to_the_teacher_is_deterministic_and_the_synchronous_run(loop_env, opd_output):
+    """rollout.stream_chunks=1: the opd run with each rollout scored as soon as it finishes, alone
+    on the teacher (cache flushed), while the rest are still sampled. Twice: the same records and
+    weights bit for bit, whatever order the rollouts arrived in. Against the synchronous run: the
+    same run, every float to 1e-5 (CPU SGLang's teacher scores move in the last bits with the
+    batch they are computed in: one rollout alone vs the step's eight)."""
+    models, student, teacher, tmp = loop_env
+    for name in ("streamed", "streamed-again"):
+        _run(tmp, models, student, teacher, f"run.name={name}", *OPD_EXTRA, "rollout.stream_chunks=1")
+    runs = {name: untimed(_records(tmp / "runs" / name)) for name in ("opd", "streamed", "streamed-again")}
+    assert runs["streamed"] == runs["streamed-again"]
+    w = [_weights(tmp / "runs" / name) for name in ("streamed", "streamed-again")]
+    assert w[0].keys() == w[1].keys() and all((w[0][k] == w[1][k]).all() for k in w[0])
+    assert_same_run(runs["streamed"], runs["opd"], tol=1e-5)
+    stages = [r["stage_seconds"] for r in _records(tmp / "runs/streamed") if "loss" in r]
+    assert all({"rollout", "overlap:student_busy", "overlap:teacher_busy"} <= set(s) and "teacher_score" not in s
+               for s in stages), stages
 
 
 # rollout.max_staleness=2 (step n+2 sampled and scored while step n trains), stream_chunks=2
@@ -146,8 +163,7 @@ def test_pipelined_steps_are_stale_by_k_deterministic_and_resume_bit_exact(loop_
     _run(tmp, models, student, teacher, "run.name=pipe-killed", *PIPELINED,
          env_extra={"OPD_FAULT_KILL_AFTER_LOG": "3"}, returncode=-9)
     _run(tmp, models, student, teacher, "run.name=pipe-killed", *PIPELINED)
-    runs = {name: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in _records(tmp / "runs" / name)]
-            for name in ("pipe", "pipe-killed")}
+    runs = {name: untimed(_records(tmp / "runs" / name)) for name in ("pipe", "pipe-killed")}
     assert runs["pipe"] == runs["pipe-killed"]
     w = {name: _weights(tmp / "runs" / name) for name in runs}
     assert all(w["pipe"].keys() == w[n].keys() and all((w["pipe"][k] == w[n][k]).all() for k in w[n]) for n in w)
@@ -179,8 +195,7 @@ def test_sft_teacher_data_prefetched_resumes_bit_exact(loop_env):
     _run(tmp, models, student, teacher, "run.name=prefetch-killed", *PREFETCH, recipe="sft-tiny-cpu.yaml",
          env_extra={"OPD_FAULT_KILL_AFTER_LOG": "3"}, returncode=-9)
     _run(tmp, models, student, teacher, "run.name=prefetch-killed", *PREFETCH, recipe="sft-tiny-cpu.yaml")
-    runs = {name: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in _records(tmp / "runs" / name)]
-            for name in ("prefetch", "prefetch-killed")}
+    runs = {name: untimed(_records(tmp / "runs" / name)) for name in ("prefetch", "prefetch-killed")}
     assert runs["prefetch"] == runs["prefetch-killed"]
     w = {name: _weights(tmp / "runs" / name) for name in runs}
     assert all((w["prefetch"][k] == w["prefetch-killed"][k]).all() for k in w["prefetch"])
@@ -188,7 +203,7 @@ def test_sft_teacher_data_prefetched_resumes_bit_exact(loop_env):
     assert [s["step"] for s in train if "rollout" in s["stage_seconds"]] == [1, 4]  # one call per 3 steps
     _run(tmp, models, student, teacher, "run.name=prefetch-short", *PREFETCH, "run.num_steps=2",
          recipe="sft-tiny-cpu.yaml")
-    short = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in _records(tmp / "runs/prefetch-short")]
+    short = untimed(_records(tmp / "runs/prefetch-short"))
     assert [r for r in short if "loss" in r] == [r for r in runs["prefetch"] if "loss" in r][:2]
     assert all(r["num_tokens"] > 0 for r in train)
     flops = [r["flops"]["teacher_sampling"] for r in train]

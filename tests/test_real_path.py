@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, REPO
+from tests.conftest import PYTHON, REPO, assert_same_run, untimed
 from tests.engines_helpers import start_server
 
 pytestmark = pytest.mark.slow
 MATH = REPO / "assets" / "data" / "math-tiny"
 MODELS = REPO / "assets" / "tiny-bpe"
-TIMING_KEYS = {"stage_seconds", "tokens_per_s"}
 
 
 @pytest.fixture(scope="module")
@@ -62,21 +61,6 @@ def _run(math_servers, recipe: str, name: str, *overrides: str):
     return text, run_dir, records, json.loads((run_dir / "summary.json").read_text())
 
 
-def _assert_same_run(a, b):
-    assert [sorted(r) for r in a] == [sorted(r) for r in b]
-    for ra, rb in zip(a, b):
-        for key, va in ra.items():
-            vb = rb[key]
-            if isinstance(va, float) and isinstance(vb, float):
-                assert va == pytest.approx(vb, rel=1e-4, abs=1e-4), (ra["step"], key)
-            else:
-                assert va == vb, (ra["step"], key)
-
-
-def _untimed(records):
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
-
-
 def test_opd_on_the_math_dataset_jsonl_and_save_to_disk_alike(math_servers):
     text, run_dir, records, summary = _run(math_servers, "opd-math-tiny-cpu.yaml", "math-jsonl")
     assert summary["completed"] is True and summary["steps"] == 2
@@ -101,13 +85,13 @@ def test_opd_on_the_math_dataset_jsonl_and_save_to_disk_alike(math_servers):
     # The same rows, the same run: every count and length equal, every float to 1e-4 (the shared
     # student server's prefix cache, warm from the first run, moves the last bits of a few
     # sampler logprobs).
-    _assert_same_run(_untimed(disk_records), _untimed(records))
+    assert_same_run(untimed(disk_records), untimed(records))
 
 
 # The last case is the pipelined step on the real path: step 2's rollouts sampled (BPE tokenizer,
-# chat template) and scored in two streamed batches while step 1 trains, graded by the math grader
+# chat template) while step 1 trains, each scored as soon as it finishes, graded by the math grader
 # on the loop's thread, their reverse KL at the learner's logprobs.
-PIPELINED = ("rollout.max_staleness=1", "rollout.stream_chunks=2", "objective.kl_at=learner")
+PIPELINED = ("rollout.max_staleness=1", "rollout.stream_chunks=1", "objective.kl_at=learner")
 
 
 @pytest.mark.parametrize("recipe,name,extra", [("rl-math-tiny-cpu.yaml", "math-rl", ()),

@@ -182,9 +182,11 @@ class RolloutConfig:
     """Weight versions a training rollout lags the learner by. 0: the synchronous loop (sample,
     score, train, push). k: while the learner trains step n the servers sample and score step n+k
     with the weights they hold, and the push lands after that batch (between requests)."""
-    stream_chunks: int = ranged(0, "0 (off) or >= 2", lambda v: v == 0 or v >= 2)
-    """0: the teacher scores a step's rollouts once all are sampled. N >= 2: the step's prompts go
-    out as N batches (one server each, in a fixed order) and each is scored as soon as it is sampled."""
+    stream_chunks: int = ranged(0, ">= 0", lambda v: v >= 0)
+    """0: the teacher scores a step's rollouts once all are sampled. 1: each rollout goes to a
+    teacher server as soon as it finishes (the batch sampled as with 0, streamed), scored alone.
+    N >= 2: the step's prompts go out as N batches (one server each, in a fixed order) and each is
+    scored as soon as it is sampled."""
     offpolicy_prefetch_steps: int = ranged(1, ">= 1", lambda v: v >= 1)
     """sft on teacher samples: draw the teacher data of this many steps in one engine call (at
     steps 1, 1+k, 1+2k, ..., whatever run.num_steps is, so a longer run continues a shorter one).

@@ -66,7 +66,7 @@ class Stages:
 
     def sample_and_score(self, prompts: List[Prompt],
                          busy: Optional[Callable[[str, float], None]] = None) -> List[Rollout]:
-        """rollout.stream_chunks = N: the step's prompts go out as N contiguous batches, batch j to
+        """rollout.stream_chunks = N >= 2: the step's prompts go out as N contiguous batches, batch j to
         student server j mod S, and each batch is scored on teacher server j mod T as soon as it is
         sampled, so scoring overlaps the sampling of the rest. Each server takes its batches in
         index order (batch j waits for batch j-S, or j-T, on the same server), so what each server
@@ -76,6 +76,8 @@ class Stages:
         import time
 
         r, o, s = self.cfg.rollout, self.cfg.objective, self.servers
+        if r.stream_chunks == 1:
+            return self._stream_each_rollout(prompts, busy)
         ids, G, n = self.encode(prompts), r.samples_per_prompt, r.stream_chunks
         edges = [round(k * len(prompts) / n) for k in range(n + 1)]
         seed = sampling_seed(self.cfg.run.seed, self.prompts.cursor, 0)
@@ -112,6 +114,58 @@ class Stages:
 
             await asyncio.gather(*(batch(j) for j in range(n) if edges[j] < edges[j + 1]))
             return [ro for part in out for ro in part]
+
+        rollouts = s.call(lambda: asyncio.run(stream()))
+        check_weight_versions(rollouts, s.synced_version)
+        self._after_score(rollouts)
+        return rollouts
+
+    def _stream_each_rollout(self, prompts: List[Prompt],
+                             busy: Optional[Callable[[str, float], None]] = None) -> List[Rollout]:
+        """rollout.stream_chunks = 1: the step's batch goes out as the synchronous loop sends it (one
+        batched request per student server, the same seeds), streamed, so each rollout comes back
+        as soon as it finishes and goes straight to a teacher server. Each teacher server scores one
+        rollout at a time, its prefix cache flushed first (engines.flush_teacher_cache), so a score
+        depends on that rollout alone, never on which others shared a request or came before it:
+        CPU SGLang's scores move in the last bits with the batch they are computed in. The rollouts
+        are put back in the batch's order, so a seeded run is the same whatever the arrival order."""
+        import asyncio
+        import time
+
+        r, o, s = self.cfg.rollout, self.cfg.objective, self.servers
+        top_k = o.teacher_top_k if o.kl_estimator == "full_vocab" else 0
+        seed = sampling_seed(self.cfg.run.seed, self.prompts.cursor, 0)
+
+        async def stream() -> List[Rollout]:
+            out: List[Optional[Rollout]] = [None] * (len(prompts) * r.samples_per_prompt)
+            finished: asyncio.Queue = asyncio.Queue()  # rollouts to score; None: sampling ended
+
+            async def sample() -> None:
+                t0 = time.perf_counter()
+                try:
+                    async for k, ro in s.student.astream(
+                            self.encode(prompts), samples_per_prompt=r.samples_per_prompt,
+                            max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                            top_k=r.top_k, seed=seed, stop_token_ids=self.stop_token_ids):
+                        ro.answer = prompts[ro.group_id].answer
+                        out[k] = ro
+                        finished.put_nowait(ro)
+                finally:
+                    finished.put_nowait(None)
+                if busy:
+                    busy("student", time.perf_counter() - t0)
+
+            async def score(t: int) -> None:
+                while (ro := await finished.get()) is not None:
+                    t0 = time.perf_counter()
+                    await s.aflush_teacher(t)
+                    await s.teacher.only(t).ascore([ro], temperature=o.teacher_temperature, top_k=top_k)
+                    if busy:
+                        busy("teacher", time.perf_counter() - t0)
+                finished.put_nowait(None)  # for the other teacher servers' loops
+
+            await asyncio.gather(sample(), *(score(t) for t in range(len(s.teacher.urls))))
+            return list(out)
 
         rollouts = s.call(lambda: asyncio.run(stream()))
         check_weight_versions(rollouts, s.synced_version)
