@@ -38,7 +38,7 @@ SHAPES: Dict[str, tiny.TinyShape] = {
     "student": tiny.STUDENT_SHAPE,   # the shipped student: d96, 2 layers, ff 256 (0.21M)
     "d64-l2": tiny.TinyShape(hidden_size=64, num_layers=2, intermediate_size=128, head_dim=16),
     "d48-l2": tiny.TinyShape(hidden_size=48, num_layers=2, intermediate_size=96, head_dim=12),
-    "d96-l1": tiny.TinyShape(hidden_size=96, num_layers=1, intermediate_size=256, head_dim=24),
+    "d96-l1": tiny.STUDENT_1LAYER_SHAPE,
 }
 BATCH, LR, WARMUP, DATA_SEED, INIT_SEED = 64, 1.0e-3, 30, 11, 0
 LEVELS = (0.6, 0.8, 0.9)

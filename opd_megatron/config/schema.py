@@ -74,8 +74,8 @@ class ModelConfig:
     """Compute dtype: float32 | bfloat16 | float16. CPU runs use float32."""
     prepare: Optional[str] = None
     """Recipe that builds this checkpoint when ``path`` does not exist (tiny CPU models), or
-    ``tiny-random:<teacher|student>`` (random init, char tokenizer) or
-    ``tiny-random-bpe:<teacher|student>`` (random init, Qwen3-like BPE tokenizer)."""
+    ``tiny-random:<shape>`` (random init, char tokenizer) or ``tiny-random-bpe:<shape>`` (random
+    init, Qwen3-like BPE tokenizer), the shape one of RANDOM_SHAPES."""
     flops_name: Optional[str] = None
     """Shape name for FLOPs/plan estimates when the config is not readable (e.g. qwen3-8b)."""
     hub_id: Optional[str] = None
@@ -85,7 +85,7 @@ class ModelConfig:
 
 RANDOM_PREFIX = "tiny-random:"
 """``model.prepare`` of this form builds a randomly initialised tiny model of a named shape."""
-RANDOM_SHAPES = ("teacher", "student")
+RANDOM_SHAPES = ("teacher", "student", "student-1layer")
 """The shapes ``tiny-random:<shape>`` (and ``tiny-random-bpe:<shape>``) can name."""
 RANDOM_BPE_PREFIX = "tiny-random-bpe:"
 """``model.prepare`` of this form builds a random tiny model of a named shape with the Qwen3-like

@@ -6,7 +6,7 @@ SGLang, transformers and the HF <-> Megatron converters treat them like Qwen3-8B
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -35,6 +35,11 @@ class TinyShape:
 TEACHER_SHAPE = TinyShape(hidden_size=128, num_layers=4, intermediate_size=384)
 STUDENT_SHAPE = TinyShape(hidden_size=96, num_layers=2, intermediate_size=256, num_heads=4,
                           num_kv_heads=2, head_dim=24)
+# The shipped student with one layer (0.10M): the shape whose SFT curve has a long log-linear
+# stretch well below the teacher (bench/sft_capacity.py), the faithful miniature of #19.
+STUDENT_1LAYER_SHAPE = replace(STUDENT_SHAPE, num_layers=1)
+SHAPES = {"teacher": TEACHER_SHAPE, "student": STUDENT_SHAPE, "student-1layer": STUDENT_1LAYER_SHAPE}
+"""The shapes ``model.prepare: tiny-random:<name>`` builds (config.schema.RANDOM_SHAPES names them)."""
 
 
 def vocab() -> Dict[str, int]:

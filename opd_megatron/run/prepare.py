@@ -104,11 +104,10 @@ def ensure_model(model: ModelConfig, role: str, run_recipe: Callable[[str], Path
 
     tmp = temp_sibling(dst)
     try:
-        shapes = {"teacher": tiny.TEACHER_SHAPE, "student": tiny.STUDENT_SHAPE}
         if spec.startswith(RANDOM_BPE_PREFIX):
-            tiny_bpe.save_random_bpe_model(tmp, shapes[spec[len(RANDOM_BPE_PREFIX):]], seed, bpe_training_text())
+            tiny_bpe.save_random_bpe_model(tmp, tiny.SHAPES[spec[len(RANDOM_BPE_PREFIX):]], seed, bpe_training_text())
         elif spec.startswith(RANDOM_PREFIX):
-            tiny.save_random_model(tmp, shapes[spec[len(RANDOM_PREFIX):]], seed=seed)
+            tiny.save_random_model(tmp, tiny.SHAPES[spec[len(RANDOM_PREFIX):]], seed=seed)
         else:
             print(f"[prepare] {role}: building {dst} with {spec} (cached afterwards)", flush=True)
             hf_dir = run_recipe(spec)
