@@ -3,7 +3,7 @@ rollout.max_staleness 0 and 1, each with rollout.stream_chunks off (0), 2 batche
 rollout scored as it finishes (1), then the same schedules projected onto the Qwen3 recipe's three
 node groups from its FLOPs account.
 
-    .venv/bin/python bench/pipeline.py                 # 6 runs x 30 steps, ~15 min on 2 cores
+    .venv/bin/python bench/pipeline.py                 # 6 runs x 30 steps, ~20 min on 2 cores
     .venv/bin/python bench/pipeline.py --steps 10 --eval-prompts 100
 
 Each run is a real ``opd run`` (its own SGLang servers, the Megatron-Core learner), one after
