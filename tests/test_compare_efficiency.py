@@ -94,9 +94,13 @@ def test_an_arm_that_reaches_a_target_sft_misses_gets_a_lower_bound():
     assert "SFT from scratch to the target, measured" not in table  # SFT never got there
 
 
-def test_the_shipped_start_carries_its_ladder(tmp_path):
-    """assets/tiny/sft-start holds the ladder's record (prepare-run/), which `opd compare` reads by
-    default, and its last eval is the checkpoint shipped (the run's end)."""
+@pytest.mark.parametrize("recipe,start,steps,every", [
+    ("compare-tiny-cpu.yaml", "sft-start", 1024, 32),           # the shipped comparison
+    ("compare-1layer-tiny-cpu.yaml", "sft-start-1layer", 2048, 64),  # the one-layer miniature
+])
+def test_the_shipped_start_carries_its_ladder(tmp_path, recipe, start, steps, every):
+    """A comparison's start (assets/tiny/<start>) holds its ladder's record (prepare-run/), which
+    `opd compare` reads by default, and its last eval is the checkpoint shipped (the run's end)."""
     import json
 
     from opd_megatron.config.load import load_config
@@ -104,16 +108,16 @@ def test_the_shipped_start_carries_its_ladder(tmp_path):
     from opd_megatron.run.prepare import keep_run_record
     from tests.conftest import REPO
 
-    cfg = load_config(str(REPO / "recipes/compare-tiny-cpu.yaml"))
+    cfg = load_config(str(REPO / "recipes" / recipe))
     cfg.student.path = str(REPO / cfg.student.path)
-    assert ladder_dir(cfg) == REPO / "assets/tiny/sft-start/prepare-run"
+    assert ladder_dir(cfg) == REPO / "assets/tiny" / start / "prepare-run"
     records, summary, ladder_cfg = read_ladder(cfg)
-    assert summary["completed"] and summary["steps"] == ladder_cfg.run.num_steps == 1024
+    assert summary["completed"] and summary["steps"] == ladder_cfg.run.num_steps == steps
     assert ladder_cfg.optim.schedule == "constant" and ladder_cfg.objective.method == "sft"
     points = eff.eval_points(records)
-    assert [p["step"] for p in eff.doubling_points(points, 32)] == [32, 64, 128, 256, 512, 1024]
+    assert [p["step"] for p in eff.doubling_points(points, every)] == [every * 2 ** i for i in range(6)]
     assert points[-1]["accuracy"] == summary["student_accuracy_after"]
-    keep_run_record(REPO / "assets/tiny/sft-start/prepare-run", tmp_path / "copy")
+    keep_run_record(REPO / "assets/tiny" / start / "prepare-run", tmp_path / "copy")
     assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == [
         "config.yaml", "environment.json", "metrics.jsonl", "summary.json"]
     assert json.loads((tmp_path / "copy/summary.json").read_text()) == summary

@@ -124,7 +124,7 @@ def test_each_rollout_streamed_to_the_teacher_is_deterministic_and_the_synchrono
     on the teacher (cache flushed), while the rest are still sampled. Twice: the same records and
     weights bit for bit, whatever order the rollouts arrived in. Against the synchronous run: the
     same run, every float to 1e-5 (CPU SGLang's teacher scores move in the last bits with the
-    batch they are computed in: one rollout alone vs the step's eight)."""
+    batch they are computed in: one rollout alone vs the step's eight). And with two teacher URLs."""
     models, student, teacher, tmp = loop_env
     for name in ("streamed", "streamed-again"):
         _run(tmp, models, student, teacher, f"run.name={name}", *OPD_EXTRA, "rollout.stream_chunks=1")
@@ -133,6 +133,11 @@ def test_each_rollout_streamed_to_the_teacher_is_deterministic_and_the_synchrono
     w = [_weights(tmp / "runs" / name) for name in ("streamed", "streamed-again")]
     assert w[0].keys() == w[1].keys() and all((w[0][k] == w[1][k]).all() for k in w[0])
     assert_same_run(runs["streamed"], runs["opd"], tol=1e-5)
+    # Two teacher request URLs (here the same server twice): a scoring loop per URL, both
+    # draining one queue of finished rollouts until sampling ends; the same run to 1e-5.
+    _run(tmp, models, student, teacher, "run.name=streamed-two", *OPD_EXTRA, "rollout.stream_chunks=1",
+         f"engines.teacher.urls=[{teacher.url},{teacher.url}]")
+    assert_same_run(untimed(_records(tmp / "runs/streamed-two")), runs["opd"], tol=1e-5)
     stages = [r["stage_seconds"] for r in _records(tmp / "runs/streamed") if "loss" in r]
     assert all({"rollout", "overlap:student_busy", "overlap:teacher_busy"} <= set(s) and "teacher_score" not in s
                for s in stages), stages
