@@ -100,3 +100,20 @@ def test_every_schema_field_is_documented():
                     nxt = body[i + 1] if i + 1 < len(body) else None
                     assert isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant), \
                         f"{node.name}.{stmt.target.id} has no docstring"
+
+
+def test_a_prepare_hash_is_the_same_in_any_checkout(tmp_path, monkeypatch):
+    """The content hash that stamps a shipped model names a recipe's base by its path from the
+    recipe, so a clone elsewhere (CI's) finds the shipped model current: the same hash from a
+    copy of recipes/ in another directory."""
+    from opd_megatron.run.prepare import prepare_hash
+
+    spec = "recipes/tiny/sft-ladder-1layer.yaml"  # a prepare recipe with a base
+    monkeypatch.chdir(REPO)
+    here = prepare_hash(spec)
+    shutil.copytree(REPO / "recipes", tmp_path / "recipes")
+    monkeypatch.chdir(tmp_path)
+    assert prepare_hash(spec) == here
+    (tmp_path / "recipes/tiny/sft-ladder.yaml").write_text(
+        (REPO / "recipes/tiny/sft-ladder.yaml").read_text().replace("num_steps: 1024", "num_steps: 512"))
+    assert prepare_hash(spec) != here  # the base's content is hashed

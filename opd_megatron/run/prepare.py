@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, List
@@ -52,7 +53,10 @@ def prepare_hash(spec: str) -> str:
     if spec.startswith(RANDOM_BPE_PREFIX):
         text += _bpe_recipe_text()
     elif not spec.startswith(RANDOM_PREFIXES):
-        text += json.dumps(read_recipe_layers(spec), sort_keys=True)
+        *bases, (top, data) = read_recipe_layers(spec)
+        # a base by its path from the recipe, as the recipe names it: not where this checkout is
+        layers = [[os.path.relpath(src, Path(top).parent), layer] for src, layer in bases] + [[top, data]]
+        text += json.dumps(layers, sort_keys=True)
         cfg, _ = load_and_validate(spec)
         for role in (cfg.student, cfg.teacher):
             if role.prepare:
